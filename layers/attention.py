@@ -1,0 +1,136 @@
+"""Scaled dot-product attention as one pure function.
+
+Dimension key:
+  B batch, T query length, S key/value length,
+  N query heads, K key/value heads, G = N // K query heads per key/value head,
+  H query/key head dim, Hv value head dim.
+
+Multi-head (K == N), grouped-query (1 < K < N) and multi-query (K == 1) attention
+share one code path: query heads are grouped as [K, G] and each group reads the
+same key/value head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+# Masked logits get a large negative *finite* value so that a row whose every key
+# is masked still has a well-defined softmax (we zero that row afterwards).
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _check_broadcast(name: str, shape: tuple[int, ...], target: tuple[int, ...]) -> None:
+    """Raises ValueError if `shape` does not broadcast to `target` ([B, N, T, S])."""
+    if len(shape) > len(target):
+        raise ValueError(
+            f"{name} must broadcast to [batch, heads, q_len, kv_len] = {target}; "
+            f"got shape {shape} with rank {len(shape)} > 4"
+        )
+    for got, want in zip(shape[::-1], target[::-1]):
+        if got not in (1, want):
+            raise ValueError(
+                f"{name} of shape {shape} does not broadcast to "
+                f"[batch, heads, q_len, kv_len] = {target}"
+            )
+
+
+def _check_shapes(query, key, value) -> None:
+    for name, arr in (("query", query), ("key", key), ("value", value)):
+        if arr.ndim != 4:
+            raise ValueError(
+                f"{name} must have rank 4 [batch, length, heads, head_dim]; got shape {arr.shape}"
+            )
+    batch, _, num_heads, head_dim = query.shape
+    k_batch, kv_len, num_kv_heads, k_head_dim = key.shape
+    v_batch, v_len, v_heads, _ = value.shape
+    if k_batch != batch or v_batch != batch:
+        raise ValueError(
+            f"batch sizes differ: query {query.shape}, key {key.shape}, value {value.shape}"
+        )
+    if k_head_dim != head_dim:
+        raise ValueError(
+            f"key head_dim must equal query head_dim: query {query.shape}, key {key.shape}"
+        )
+    if v_len != kv_len or v_heads != num_kv_heads:
+        raise ValueError(
+            f"value must match key in length and heads: key {key.shape}, value {value.shape}"
+        )
+    if num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"query heads ({num_heads}) must be a multiple of key/value heads "
+            f"({num_kv_heads}): query {query.shape}, key {key.shape}"
+        )
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """softmax(scale * q k^T + bias, masked) v.
+
+    Args:
+      query: [B, T, N, H].
+      key: [B, S, K, H], with N % K == 0.
+      value: [B, S, K, Hv].
+      mask: optional boolean, True = may attend, broadcastable to [B, N, T, S].
+      bias: optional additive float, broadcastable to [B, N, T, S].
+      scale: multiplies the logits; defaults to 1 / sqrt(H).
+      return_weights: also return the attention weights.
+
+    Returns:
+      out [B, T, N, Hv] in the query dtype, and with `return_weights` also
+      weights [B, N, T, S] (float32). A query row whose every key is masked
+      gets zero weights and a zero output.
+    """
+    _check_shapes(query, key, value)
+    batch, q_len, num_heads, head_dim = query.shape
+    _, kv_len, num_kv_heads, _ = key.shape
+    groups = num_heads // num_kv_heads
+    target = (batch, num_heads, q_len, kv_len)
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:
+            raise ValueError(f"mask must be boolean (True = attend); got dtype {mask.dtype}")
+        _check_broadcast("mask", mask.shape, target)
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        _check_broadcast("bias", bias.shape, target)
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+
+    q_BTKGH = query.reshape(batch, q_len, num_kv_heads, groups, head_dim)
+    logits_BKGTS = jnp.einsum(
+        "BTKGH,BSKH->BKGTS", q_BTKGH, key, preferred_element_type=jnp.float32
+    )
+    logits_BNTS = logits_BKGTS.reshape(target) * jnp.float32(scale)
+    if bias is not None:
+        logits_BNTS = logits_BNTS + bias.astype(jnp.float32)
+    if mask is not None:
+        mask_BNTS = jnp.broadcast_to(mask, target)
+        logits_BNTS = jnp.where(mask_BNTS, logits_BNTS, _MASK_VALUE)
+    weights_BNTS = jax.nn.softmax(logits_BNTS, axis=-1)
+    if mask is not None:
+        # Rows with no visible key would otherwise spread weight uniformly over
+        # masked keys; zeroing keeps both values and gradients at zero there.
+        weights_BNTS = jnp.where(mask_BNTS, weights_BNTS, 0.0)
+
+    weights_BKGTS = weights_BNTS.reshape(batch, num_kv_heads, groups, q_len, kv_len)
+    out_BTKGH = jnp.einsum(
+        "BKGTS,BSKH->BTKGH",
+        weights_BKGTS.astype(value.dtype),
+        value,
+        preferred_element_type=jnp.float32,
+    )
+    out_BTNH = out_BTKGH.reshape(batch, q_len, num_heads, value.shape[-1]).astype(query.dtype)
+    if return_weights:
+        return out_BTNH, weights_BNTS
+    return out_BTNH

@@ -1,0 +1,165 @@
+"""GPT model: shapes, cache equivalence, causality, config validation, presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flaxzoo.models import GPT, GPTConfig, init_cache
+
+CONFIG = GPTConfig.tiny()  # V=32, max_seq_len=16, D=16, N=4, L=2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GPT(CONFIG, rngs=nnx.Rngs(0))
+
+
+def _batch(batch=2, length=10, seed=1):
+    tokens = jax.random.randint(jax.random.key(seed), (batch, length), 0, CONFIG.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    return tokens, positions
+
+
+def test_forward_shapes_dtype_finite(model):
+    tokens, positions = _batch()
+    logits, cache = model(tokens, positions)
+    assert logits.shape == (2, 10, CONFIG.vocab_size) and logits.dtype == jnp.float32
+    assert cache is None and np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("prompt_len", [1, 4, 9])
+def test_prefill_then_one_token_at_a_time_equals_full_forward(model, prompt_len):
+    tokens, positions = _batch(length=10)
+    full, _ = model(tokens, positions)
+    cache = init_cache(CONFIG, 2, 12)
+    logits, cache = model(tokens[:, :prompt_len], positions[:, :prompt_len], cache=cache)
+    pieces = [logits]
+    for t in range(prompt_len, 10):
+        logits, cache = model(tokens[:, t:t + 1], positions[:, t:t + 1], cache=cache)
+        pieces.append(logits)
+    assert int(cache.length) == 10
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5)
+
+
+def test_cached_step_under_jit_matches(model):
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def step(params, tokens, positions, cache):
+        return nnx.merge(graphdef, params)(tokens, positions, cache=cache)
+
+    tokens, positions = _batch(length=6)
+    full, _ = model(tokens, positions)
+    cache = init_cache(CONFIG, 2, 6)
+    _, cache = step(params, tokens[:, :5], positions[:, :5], cache)
+    last, cache = step(params, tokens[:, 5:], positions[:, 5:], cache)
+    np.testing.assert_allclose(last[:, 0], full[:, 5], atol=1e-5)
+
+
+def test_causality_by_gradient(model):
+    # Position t's loss must not depend on anything after t. Each position reads
+    # its own row of the position table, so row j's gradient measures the
+    # dependence on token j.
+    tokens, positions = _batch(batch=1, length=8)
+    graphdef, params = nnx.split(model)
+    t = 4
+
+    def loss_at_t(params):
+        logits, _ = nnx.merge(graphdef, params)(tokens, positions)
+        return -jax.nn.log_softmax(logits[0, t])[tokens[0, t + 1]]
+
+    grads = jax.grad(loss_at_t)(params)
+    row_norms = np.linalg.norm(np.asarray(grads["position_embed"][...]), axis=-1)
+    assert np.all(row_norms[t + 1:] == 0.0)
+    assert np.all(row_norms[:t + 1] > 0.0)
+
+
+def test_causality_by_perturbation(model):
+    tokens, positions = _batch(batch=1, length=8)
+    changed = tokens.at[:, 5:].set((tokens[:, 5:] + 1) % CONFIG.vocab_size)
+    a, _ = model(tokens, positions)
+    b, _ = model(changed, positions)
+    np.testing.assert_array_equal(a[:, :5], b[:, :5])
+    assert not np.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_output_layer_is_tied_to_token_embedding(model):
+    _, params = nnx.split(model)
+    names = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(params)}
+    assert "token_embed/embedding" in names
+    assert not any("lm_head" in n or "output" in n for n in names)
+
+
+def test_dropout_only_with_rng(model):
+    tokens, positions = _batch()
+    model_with_dropout = GPT(GPTConfig.tiny(dropout_rate=0.5), rngs=nnx.Rngs(0))
+    a, _ = model_with_dropout(tokens, positions)
+    b, _ = model_with_dropout(tokens, positions)
+    np.testing.assert_array_equal(a, b)
+    c, _ = model_with_dropout(tokens, positions, dropout_rng=jax.random.key(1))
+    d, _ = model_with_dropout(tokens, positions, dropout_rng=jax.random.key(2))
+    assert not np.allclose(c, a) and not np.allclose(c, d)
+
+
+def test_positions_past_max_raise(model):
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, 16\)"):
+        model(tokens, jnp.array([[15, 16]]))
+    with pytest.raises(ValueError, match="positions must lie"):
+        model(tokens, jnp.array([[-1, 0]]))
+    with pytest.raises(ValueError, match="do not fit"):
+        model(jnp.zeros((1, 17), jnp.int32), jnp.arange(17)[None])
+
+
+def test_positions_past_max_under_jit_give_nan_not_a_wrong_row(model):
+    graphdef, params = nnx.split(model)
+    forward = jax.jit(lambda p, t, pos: nnx.merge(graphdef, p)(t, pos)[0])
+    logits = forward(params, jnp.zeros((1, 2), jnp.int32), jnp.array([[15, 16]]))
+    assert np.all(np.isfinite(logits[0, 0])) and np.all(np.isnan(logits[0, 1]))
+
+
+def test_cache_overflow_raises(model):
+    cache = init_cache(CONFIG, 1, 4)
+    _, cache = model(jnp.zeros((1, 3), jnp.int32), jnp.arange(3)[None], cache=cache)
+    with pytest.raises(ValueError, match="cache overflow"):
+        model(jnp.zeros((1, 2), jnp.int32), jnp.array([[3, 4]]), cache=cache)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        init_cache(CONFIG, 1, 17)
+
+
+def test_bad_token_and_position_shapes(model):
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        model(jnp.zeros((3,), jnp.int32), jnp.arange(3))
+    with pytest.raises(ValueError, match="positions must have the shape"):
+        model(jnp.zeros((1, 3), jnp.int32), jnp.arange(3))
+    with pytest.raises(ValueError, match="tokens must be integers"):
+        model(jnp.zeros((1, 3)), jnp.arange(3)[None])
+
+
+@pytest.mark.parametrize("field, value", [("num_heads", 3), ("vocab_size", 0),
+                                          ("dropout_rate", 1.0), ("num_layers", 2.5),
+                                          ("layer_norm_epsilon", 0.0)])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        GPTConfig.tiny(**{field: value})
+
+
+def test_config_round_trip_and_presets():
+    config = GPTConfig.preset("demo", vocab_size=67)
+    assert GPTConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown preset"):
+        GPTConfig.preset("huge")
+    with pytest.raises(ValueError, match="unknown GPTConfig fields"):
+        GPTConfig.from_dict({**config.to_dict(), "colour": 1})
+
+
+def test_gpt2_small_shape_by_eval_shape():
+    config = GPTConfig.gpt2_small()
+    abstract = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    _, params = nnx.split(abstract, nnx.Param)
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    assert count == 124_439_808  # GPT-2 small with tied output and 1024 positions
+    cache = jax.eval_shape(lambda: init_cache(config, 1, 1024))
+    assert cache.layers[0].key_BSKH.shape == (1, 1024, 12, 64)
