@@ -107,9 +107,14 @@ def dot_product_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
 
-    q_BTKGH = query.reshape(batch, q_len, num_kv_heads, groups, head_dim)
+    # Heads-major layouts ([B, K, G, T, H] and [B, K, S, H]) make every einsum a
+    # plain batched matmul; contracting the [B, T, N, H] layout directly is about
+    # 2x slower on CPU.
+    q_BKGTH = query.reshape(batch, q_len, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    k_BKSH = key.transpose(0, 2, 1, 3)
+    v_BKSH = value.transpose(0, 2, 1, 3)
     logits_BKGTS = jnp.einsum(
-        "BTKGH,BSKH->BKGTS", q_BTKGH, key, preferred_element_type=jnp.float32
+        "BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32
     )
     logits_BNTS = logits_BKGTS.reshape(target) * jnp.float32(scale)
     if bias is not None:
@@ -124,13 +129,17 @@ def dot_product_attention(
         weights_BNTS = jnp.where(mask_BNTS, weights_BNTS, 0.0)
 
     weights_BKGTS = weights_BNTS.reshape(batch, num_kv_heads, groups, q_len, kv_len)
-    out_BTKGH = jnp.einsum(
-        "BKGTS,BSKH->BTKGH",
+    out_BKGTH = jnp.einsum(
+        "BKGTS,BKSH->BKGTH",
         weights_BKGTS.astype(value.dtype),
-        value,
+        v_BKSH,
         preferred_element_type=jnp.float32,
     )
-    out_BTNH = out_BTKGH.reshape(batch, q_len, num_heads, value.shape[-1]).astype(query.dtype)
+    out_BTNH = (
+        out_BKGTH.transpose(0, 3, 1, 2, 4)
+        .reshape(batch, q_len, num_heads, value.shape[-1])
+        .astype(query.dtype)
+    )
     if return_weights:
         return out_BTNH, weights_BNTS
     return out_BTNH
