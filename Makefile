@@ -1,0 +1,39 @@
+# `make demo` and `make test` are the only commands a new user types: each one
+# creates .venv if it is missing and installs what it needs first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT := runs/demo
+DEMO_STEPS := 500
+DEMO_PROMPT := ROMEO:
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamp files re-run the install when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/flaxzoo train --preset demo --steps $(DEMO_STEPS) --out $(DEMO_OUT) --overwrite
+	@echo "--- greedy continuation (temperature 0) ---"
+	@$(BIN)/flaxzoo generate --checkpoint $(DEMO_OUT) --prompt "$(DEMO_PROMPT)" --temperature 0 --new-tokens 120
+	@echo "--- sampled continuation (temperature 0.8, top-k 20, seed 0) ---"
+	@$(BIN)/flaxzoo generate --checkpoint $(DEMO_OUT) --prompt "$(DEMO_PROMPT)" --temperature 0.8 --top-k 20 --seed 0 --new-tokens 120
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n 2 -q
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,7 @@
+"""`python -m flaxzoo.train` is the `flaxzoo` command."""
+
+import sys
+
+from flaxzoo.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""The `flaxzoo` command line: `flaxzoo train` and `flaxzoo generate`.
+
+Flags map one to one onto library calls (`train.loop.RunConfig`/`train`,
+`train.generate.generate_text`). Bad input prints one line to stderr and exits
+with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from flaxzoo.models import PRESETS
+
+EXIT_BAD_INPUT = 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flaxzoo", description="Train and sample flaxzoo transformer models.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a GPT-shaped character model")
+    train.add_argument("--preset", default="demo", help=f"model preset: {', '.join(PRESETS)}")
+    train.add_argument("--data", default=None,
+                       help="UTF-8 text file to train on (default: Shakespeare's plays, shipped)")
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--seq-len", type=int, default=128,
+                       help="training context length; also the model's max_seq_len")
+    train.add_argument("--learning-rate", "--lr", type=float, default=2e-3)
+    train.add_argument("--warmup-steps", type=int, default=100)
+    train.add_argument("--weight-decay", type=float, default=0.1)
+    train.add_argument("--dropout", type=float, default=None, help="override the preset's rate")
+    train.add_argument("--out", default="runs/gpt", help="output directory for checkpoint and metrics")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--eval-every", type=int, default=250)
+    train.add_argument("--checkpoint-every", type=int, default=0)
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+
+    gen = commands.add_parser("generate", help="continue a prompt with a trained model")
+    gen.add_argument("--checkpoint", required=True, help="a run directory (the --out of train)")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _train(args) -> None:
+    from flaxzoo.train.loop import RunConfig, train
+
+    config = RunConfig(preset=args.preset, data=args.data, steps=args.steps,
+                       batch_size=args.batch_size, seq_len=args.seq_len,
+                       learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+                       weight_decay=args.weight_decay, dropout_rate=args.dropout,
+                       out_dir=args.out, seed=args.seed, eval_every=args.eval_every,
+                       checkpoint_every=args.checkpoint_every, resume=args.resume,
+                       overwrite=args.overwrite)
+    result = train(config)
+    print(f"validation loss: {result.val_loss:.4f} nats per character "
+          f"({result.val_tokens:,} characters) after {result.step} steps")
+    print(f"training time: {result.train_seconds:.1f} s "
+          f"({result.tokens_per_second / 1000:.1f}k characters/s)")
+    print(f"checkpoint: {result.checkpoint_dir}")
+    print(f"metrics: {result.metrics_path}")
+
+
+def _generate(args) -> None:
+    from flaxzoo.train.generate import generate_text, load_model
+
+    model = load_model(args.checkpoint)
+    text = generate_text(model, args.prompt, max_new_tokens=args.new_tokens,
+                         temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print(args.prompt + text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _build_parser().parse_args(argv)
+        {"train": _train, "generate": _generate}[args.command](args)
+    except _UsageError as err:
+        print(err, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as err:
+        print(f"flaxzoo: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("flaxzoo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
