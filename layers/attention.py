@@ -1,4 +1,4 @@
-"""Scaled dot-product attention as one pure function.
+"""Scaled dot-product attention as one pure function with swappable backends.
 
 Dimension key:
   B batch, T query length, S key/value length,
@@ -8,6 +8,11 @@ Dimension key:
 Multi-head (K == N), grouped-query (1 < K < N) and multi-query (K == 1) attention
 share one code path: query heads are grouped as [K, G] and each group reads the
 same key/value head.
+
+`dot_product_attention` validates its arguments once, folds `is_causal` into the
+mask, then hands the work to a backend named by `implementation`. Backends are
+entries of `_BACKENDS` with one signature, so a blockwise (FlashAttention-style)
+path or a vendor kernel is one more function and one more entry.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from flaxzoo.layers.masks import causal_mask
 
 # Masked logits get a large negative *finite* value so that a row whose every key
 # is masked still has a well-defined softmax (we zero that row afterwards).
@@ -65,6 +72,10 @@ def _check_shapes(query, key, value) -> None:
         )
 
 
+IMPLEMENTATIONS = ("xla", "jax_nn")
+"""Names accepted by `implementation` (None picks "xla")."""
+
+
 def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
@@ -73,7 +84,11 @@ def dot_product_attention(
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
     scale: float | None = None,
+    is_causal: bool = False,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
     return_weights: bool = False,
+    implementation: str | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """softmax(scale * q k^T + bias, masked) v.
 
@@ -82,19 +97,30 @@ def dot_product_attention(
       key: [B, S, K, H], with N % K == 0.
       value: [B, S, K, Hv].
       mask: optional boolean, True = may attend, broadcastable to [B, N, T, S].
-      bias: optional additive float, broadcastable to [B, N, T, S].
+      bias: optional additive float, broadcastable to [B, N, T, S] (per-head
+        biases such as ALiBi or T5 relative positions are [1, N, T, S]).
       scale: multiplies the logits; defaults to 1 / sqrt(H).
+      is_causal: also mask keys after each query, with the query block aligned
+        to the end of the keys (query i sits at key position S - T + i), as
+        `causal_mask(T, S)` builds it. Combined with `mask` by `&`.
+      dropout_rate: probability of dropping each attention weight; the kept
+        weights are divided by 1 - rate so the expected output is unchanged.
+        0 is exactly the deterministic path.
+      dropout_rng: PRNG key for dropout; required when dropout_rate > 0.
       return_weights: also return the attention weights.
+      implementation: None or "xla" for flaxzoo's own einsum path;
+        "jax_nn" for `jax.nn.dot_product_attention` (which takes no dropout,
+        returns no weights and needs Hv == H and one dtype for q, k, v).
 
     Returns:
       out [B, T, N, Hv] in the query dtype, and with `return_weights` also
-      weights [B, N, T, S] (float32). A query row whose every key is masked
-      gets zero weights and a zero output.
+      weights [B, N, T, S] (float32): the weights the values were mixed with,
+      after dropout when dropout is on. A query row whose every key is masked
+      gets zero weights, a zero output and zero gradients.
     """
     _check_shapes(query, key, value)
-    batch, q_len, num_heads, head_dim = query.shape
-    _, kv_len, num_kv_heads, _ = key.shape
-    groups = num_heads // num_kv_heads
+    batch, q_len, num_heads, _ = query.shape
+    kv_len = key.shape[1]
     target = (batch, num_heads, q_len, kv_len)
     if mask is not None:
         mask = jnp.asarray(mask)
@@ -103,9 +129,52 @@ def dot_product_attention(
         _check_broadcast("mask", mask.shape, target)
     if bias is not None:
         bias = jnp.asarray(bias)
+        if not jnp.issubdtype(bias.dtype, jnp.floating):
+            raise ValueError(f"bias must be a float array; got dtype {bias.dtype}")
         _check_broadcast("bias", bias.shape, target)
     if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    _check_dropout(dropout_rate, dropout_rng)
+    if implementation is None:
+        implementation = "xla"
+    if implementation not in _BACKENDS:
+        raise ValueError(
+            f"implementation must be None or one of {IMPLEMENTATIONS}; got {implementation!r}"
+        )
+    if is_causal:
+        if kv_len < q_len:
+            raise ValueError(
+                f"is_causal needs kv_len >= q_len (queries aligned to the end of the keys); "
+                f"got query {query.shape}, key {key.shape}"
+            )
+        causal_TS = causal_mask(q_len, kv_len)
+        mask = causal_TS if mask is None else mask & causal_TS
+    out_BTNH, weights_BNTS = _BACKENDS[implementation](
+        query, key, value, mask=mask, bias=bias, scale=scale, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, return_weights=return_weights,
+    )
+    if return_weights:
+        return out_BTNH, weights_BNTS
+    return out_BTNH
+
+
+def _check_dropout(dropout_rate, dropout_rng) -> None:
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)):
+        raise ValueError(f"dropout_rate must be a Python float in [0, 1); got {dropout_rate!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate}")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng key")
+
+
+def _xla_attention(query, key, value, *, mask, bias, scale, dropout_rate, dropout_rng,
+                   return_weights):
+    """flaxzoo's own path: two einsums around a float32 softmax."""
+    del return_weights  # the weights exist anyway
+    batch, q_len, num_heads, head_dim = query.shape
+    _, kv_len, num_kv_heads, _ = key.shape
+    groups = num_heads // num_kv_heads
+    target = (batch, num_heads, q_len, kv_len)
 
     # Heads-major layouts ([B, K, G, T, H] and [B, K, S, H]) make every einsum a
     # plain batched matmul; contracting the [B, T, N, H] layout directly is about
@@ -127,6 +196,9 @@ def dot_product_attention(
         # Rows with no visible key would otherwise spread weight uniformly over
         # masked keys; zeroing keeps both values and gradients at zero there.
         weights_BNTS = jnp.where(mask_BNTS, weights_BNTS, 0.0)
+    if dropout_rate > 0.0:
+        keep_BNTS = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, target)
+        weights_BNTS = jnp.where(keep_BNTS, weights_BNTS / (1.0 - dropout_rate), 0.0)
 
     weights_BKGTS = weights_BNTS.reshape(batch, num_kv_heads, groups, q_len, kv_len)
     out_BKGTH = jnp.einsum(
@@ -140,6 +212,33 @@ def dot_product_attention(
         .reshape(batch, q_len, num_heads, value.shape[-1])
         .astype(query.dtype)
     )
-    if return_weights:
-        return out_BTNH, weights_BNTS
-    return out_BTNH
+    return out_BTNH, weights_BNTS
+
+
+def _jax_nn_attention(query, key, value, *, mask, bias, scale, dropout_rate, dropout_rng,
+                      return_weights):
+    """`jax.nn.dot_product_attention` (XLA, or cuDNN where jax picks it)."""
+    del dropout_rng
+    for name, unsupported in (("dropout", dropout_rate > 0.0),
+                              ("return_weights", return_weights),
+                              ("value head_dim != key head_dim",
+                               value.shape[-1] != key.shape[-1]),
+                              ("mixed query/key/value dtypes",
+                               len({query.dtype, key.dtype, value.dtype}) > 1)):
+        if unsupported:
+            raise ValueError(f'implementation="jax_nn" does not support {name}; '
+                             f'use implementation="xla"')
+    batch, q_len, num_heads, _ = query.shape
+    target = (batch, num_heads, q_len, key.shape[1])
+    mask_BNTS = None if mask is None else jnp.broadcast_to(mask, target)
+    bias_BNTS = None if bias is None else jnp.broadcast_to(bias, target).astype(query.dtype)
+    out_BTNH = jax.nn.dot_product_attention(query, key, value, bias=bias_BNTS, mask=mask_BNTS,
+                                            scale=scale)
+    if mask_BNTS is not None:
+        # jax.nn spreads a fully masked row uniformly; flaxzoo's contract is zeros.
+        row_has_key_BTN1 = jnp.any(mask_BNTS, axis=-1).transpose(0, 2, 1)[..., None]
+        out_BTNH = jnp.where(row_has_key_BTN1, out_BTNH, jnp.zeros((), out_BTNH.dtype))
+    return out_BTNH, None
+
+
+_BACKENDS = {"xla": _xla_attention, "jax_nn": _jax_nn_attention}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from flaxzoo.layers import causal_mask, dot_product_attention
+from flaxzoo.layers.attention import IMPLEMENTATIONS
 
 
 def numpy_attention(q, k, v, mask=None, bias=None, scale=None):
@@ -122,3 +123,157 @@ def test_bad_input_raises_value_error_naming_argument(kwargs, match):
     query, key, value = args.pop("query"), args.pop("key"), args.pop("value")
     with pytest.raises(ValueError, match=match):
         dot_product_attention(query, key, value, **args)
+
+
+# --- parity with jax.nn.dot_product_attention over mask / bias / head layouts ----------
+
+_MASK_SHAPES = {"none": None, "BNTS": (2, 4, 5, 7), "B1TS": (2, 1, 5, 7), "TS": (5, 7),
+                "B11S": (2, 1, 1, 7)}
+_BIAS_SHAPES = {"none": None, "1NTS": (1, 4, 5, 7), "BNTS": (2, 4, 5, 7), "S": (7,)}
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("mask_name", list(_MASK_SHAPES))
+@pytest.mark.parametrize("bias_name", list(_BIAS_SHAPES))
+def test_matches_jax_nn_for_every_mask_bias_and_head_layout(num_kv_heads, mask_name, bias_name):
+    rng = np.random.default_rng(10)
+    q, k, v = _qkv(rng, K=num_kv_heads)
+    mask_shape, bias_shape = _MASK_SHAPES[mask_name], _BIAS_SHAPES[bias_name]
+    mask = None if mask_shape is None else rng.random(mask_shape) > 0.3
+    if mask is not None:
+        mask[..., 0] = True  # jax.nn gives fully masked rows a uniform average, not zeros
+    bias = None if bias_shape is None else rng.normal(size=bias_shape).astype(np.float32)
+    full = lambda a: None if a is None else np.broadcast_to(a, (2, 4, 5, 7))
+    ref = jax.nn.dot_product_attention(q, k, v, mask=full(mask), bias=full(bias))
+    for implementation in (None, "xla", "jax_nn"):
+        out = dot_product_attention(q, k, v, mask=mask, bias=bias, implementation=implementation)
+        np.testing.assert_allclose(out, ref, atol=2e-5, err_msg=str(implementation))
+
+
+@pytest.mark.parametrize("q_len, kv_len", [(6, 6), (2, 6), (1, 6)])
+def test_is_causal_equals_causal_mask_aligned_to_the_end(q_len, kv_len):
+    rng = np.random.default_rng(11)
+    q, k, v = _qkv(rng, T=q_len, S=kv_len)
+    padding = np.ones((2, 1, 1, kv_len), bool)
+    padding[1, ..., :2] = False
+    out = dot_product_attention(q, k, v, mask=padding, is_causal=True)
+    ref, _ = numpy_attention(q, k, v, mask=padding & np.asarray(causal_mask(q_len, kv_len)))
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    for implementation in ("xla", "jax_nn"):
+        out_impl = dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+        np.testing.assert_allclose(out_impl, numpy_attention(
+            q, k, v, mask=np.asarray(causal_mask(q_len, kv_len)))[0], atol=1e-5)
+
+
+def test_value_head_dim_may_differ_from_key_head_dim():
+    rng = np.random.default_rng(12)
+    q, k, v = _qkv(rng, H=8, Hv=3)
+    out = dot_product_attention(q, k, v, is_causal=False)
+    assert out.shape == (2, 5, 4, 3)
+    np.testing.assert_allclose(out, numpy_attention(q, k, v)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("implementation", ["xla", "jax_nn"])
+def test_half_precision_large_logits_close_to_float32(dtype, implementation):
+    rng = np.random.default_rng(13)
+    q, k, v = _qkv(rng)
+    q = q * 40.0  # logits of several hundred: exp overflows float16 without f32 statistics
+    q16, k16, v16 = (jnp.asarray(a, dtype) for a in (q, k, v))
+    out = dot_product_attention(q16, k16, v16, mask=causal_mask(5, 7),
+                                implementation=implementation)
+    assert out.dtype == dtype
+    ref, _ = numpy_attention(*(np.asarray(a, np.float32) for a in (q16, k16, v16)),
+                             mask=np.asarray(causal_mask(5, 7)))
+    out32 = np.asarray(out, np.float32)
+    assert np.all(np.isfinite(out32))
+    np.testing.assert_allclose(out32, ref, atol=0.05 if dtype == jnp.float16 else 0.15)
+
+
+# --- dropout -----------------------------------------------------------------------------
+
+
+def test_dropout_rate_zero_is_exactly_the_deterministic_path():
+    rng = np.random.default_rng(14)
+    q, k, v = _qkv(rng)
+    plain = dot_product_attention(q, k, v)
+    with_key = dot_product_attention(q, k, v, dropout_rate=0.0, dropout_rng=jax.random.key(0))
+    np.testing.assert_array_equal(plain, with_key)
+
+
+def test_dropout_drops_weights_rescales_the_rest_and_keeps_the_mean():
+    rng = np.random.default_rng(15)
+    q, k, v = _qkv(rng, B=1, T=4, S=6, N=2, K=2)
+    rate = 0.25
+    _, clean_w = dot_product_attention(q, k, v, return_weights=True)
+    out, dropped_w = dot_product_attention(q, k, v, dropout_rate=rate,
+                                           dropout_rng=jax.random.key(1), return_weights=True)
+    clean_w, dropped_w = np.asarray(clean_w), np.asarray(dropped_w)
+    kept = dropped_w != 0
+    assert 0 < kept.mean() < 1
+    np.testing.assert_allclose(dropped_w[kept], clean_w[kept] / (1 - rate), rtol=1e-6)
+    # The output mixes the values with exactly the returned (dropped) weights.
+    mixed = np.einsum("bnts,bsnh->btnh", dropped_w, np.asarray(v, np.float64))
+    np.testing.assert_allclose(out, mixed, atol=1e-5)
+    # Averaged over many keys the output is the deterministic one.
+    keys = jax.random.split(jax.random.key(2), 4000)
+    mean_out = jax.vmap(lambda key: dot_product_attention(
+        q, k, v, dropout_rate=rate, dropout_rng=key))(keys).mean(0)
+    np.testing.assert_allclose(mean_out, dot_product_attention(q, k, v), atol=0.03)
+
+
+def test_dropout_is_reproducible_per_key():
+    rng = np.random.default_rng(16)
+    q, k, v = _qkv(rng)
+    a = dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(3))
+    b = dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(3))
+    c = dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(4))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dropout_rate=0.1), "needs a dropout_rng"),
+        (dict(dropout_rate=1.0, dropout_rng=jax.random.key(0)), "dropout_rate must be in"),
+        (dict(dropout_rate=-0.1), "dropout_rate must be in"),
+        (dict(implementation="flash"), "implementation must be"),
+        (dict(implementation="jax_nn", return_weights=True), "return_weights"),
+        (dict(implementation="jax_nn", dropout_rate=0.1, dropout_rng=jax.random.key(0)),
+         "dropout"),
+        (dict(is_causal=True, key=np.zeros((2, 3, 2, 8)), value=np.zeros((2, 3, 2, 8))),
+         "is_causal needs kv_len >= q_len"),
+        (dict(bias=np.ones((5, 7), np.int32)), "bias must be a float"),
+    ],
+)
+def test_bad_options_raise_value_error_naming_argument(kwargs, match):
+    args = dict(query=np.zeros((2, 5, 4, 8), np.float32), key=np.zeros((2, 7, 2, 8), np.float32),
+                value=np.zeros((2, 7, 2, 8), np.float32))
+    args.update(kwargs)
+    query, key, value = args.pop("query"), args.pop("key"), args.pop("value")
+    with pytest.raises(ValueError, match=match):
+        dot_product_attention(query, key, value, **args)
+
+
+def test_jax_nn_backend_refuses_a_different_value_head_dim():
+    rng = np.random.default_rng(17)
+    q, k, v = _qkv(rng, Hv=6)
+    with pytest.raises(ValueError, match="value head_dim"):
+        dot_product_attention(q, k, v, implementation="jax_nn")
+
+
+def test_fully_masked_rows_are_zero_for_every_implementation():
+    rng = np.random.default_rng(18)
+    q, k, v = _qkv(rng)
+    mask = np.ones((2, 1, 5, 7), bool)
+    mask[0, :, 2] = False
+    for implementation in IMPLEMENTATIONS:
+        def loss(q, k, v):
+            return jnp.sum(dot_product_attention(q, k, v, mask=mask,
+                                                 implementation=implementation) ** 2)
+        out = dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+        np.testing.assert_array_equal(np.asarray(out)[0, 2], 0.0)
+        grad_q = jax.grad(loss)(q, k, v)
+        assert np.all(np.isfinite(grad_q))
+        np.testing.assert_array_equal(np.asarray(grad_q)[0, 2], 0.0)
