@@ -44,3 +44,45 @@ def layer_norm(
     if bias is not None:
         y = y + bias.astype(jnp.float32)
     return y.astype(x.dtype)
+
+
+def rms_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    *,
+    epsilon: float = 1e-6,
+) -> jax.Array:
+    """x / sqrt(mean(x**2) + epsilon) * scale over the last axis (RMSNorm).
+
+    No centring and no bias (Zhang & Sennrich 2019), as in T5 and Llama. The
+    mean square is computed in float32, so float16 inputs whose squares would
+    overflow float16 (|x| > 256) and long bfloat16 rows stay finite and
+    accurate; the result is cast back to x's dtype after the scale is applied.
+
+    The scale multiplies as given. Gemma stores scale - 1 and normalises with
+    (1 + scale): pass `1 + scale` yourself for such checkpoints.
+
+    Args:
+      x: [..., D].
+      scale: optional [D].
+      epsilon: >= 0, added to the mean square inside the square root.
+
+    Returns:
+      [..., D] in the dtype of x.
+    """
+    x = jnp.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least one axis [..., D]; got shape {x.shape}")
+    dim = x.shape[-1]
+    if scale is not None:
+        scale = jnp.asarray(scale)
+        if scale.shape != (dim,):
+            raise ValueError(f"scale must have shape ({dim},); got {scale.shape}")
+    if isinstance(epsilon, (int, float)) and epsilon < 0:
+        raise ValueError(f"epsilon must be >= 0; got {epsilon}")
+    x32 = x.astype(jnp.float32)
+    mean_square = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(mean_square + epsilon)
+    if scale is not None:
+        y = y * scale.astype(jnp.float32)
+    return y.astype(x.dtype)
