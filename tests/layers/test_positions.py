@@ -1,9 +1,9 @@
-"""sinusoidal_positions against the paper's formula written in numpy."""
+"""sinusoidal_positions against the paper's formula written in numpy; relative_positions."""
 
 import numpy as np
 import pytest
 
-from flaxzoo.layers import sinusoidal_positions
+from flaxzoo.layers import relative_positions, sinusoidal_positions
 
 
 def numpy_sinusoid(positions, dim):
@@ -38,3 +38,22 @@ def test_any_position_shape():
 def test_errors(dim, layout, match):
     with pytest.raises(ValueError, match=match):
         sinusoidal_positions(np.arange(3), dim, layout=layout)
+
+
+def test_relative_positions_is_key_minus_query_with_batch_broadcast():
+    q_pos = np.array([[3, 4], [10, 11]])          # [B=2, T=2], e.g. two cache offsets
+    k_pos = np.arange(5)                          # [S=5], shared by the batch
+    rel = np.asarray(relative_positions(q_pos, k_pos))
+    assert rel.shape == (2, 2, 5) and rel.dtype == np.int32
+    np.testing.assert_array_equal(rel, k_pos[None, None, :] - q_pos[:, :, None])
+    assert relative_positions(np.arange(2), np.arange(3)).shape == (1, 2, 3)
+
+
+@pytest.mark.parametrize("q_pos, k_pos, match", [
+    (np.arange(3.0), np.arange(3), "query_positions must be integers"),
+    (np.arange(3), np.zeros((1, 2, 3), int), "key_positions must have shape"),
+    (np.zeros((2, 3), int), np.zeros((3, 3), int), "same batch size"),
+])
+def test_relative_positions_errors_name_the_argument(q_pos, k_pos, match):
+    with pytest.raises(ValueError, match=match):
+        relative_positions(q_pos, k_pos)
