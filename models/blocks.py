@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxzoo.layers import dot_product_attention, layer_norm
+from flaxzoo.layers import dot_product_attention, gelu_tanh, layer_norm
 from flaxzoo.models.cache import LayerKV, write_kv
 
 # GPT-2's initialisation: N(0, 0.02) for weights and embeddings.
@@ -74,7 +74,7 @@ class MultiHeadAttention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """Position-wise feedforward: D -> F -> GELU -> D."""
+    """Position-wise feedforward: D -> F -> GELU (tanh form, as GPT-2) -> D."""
 
     def __init__(self, *, embed_dim: int, mlp_dim: int, dropout_rate: float,
                  out_init_std: float, rngs: nnx.Rngs):
@@ -84,7 +84,7 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(dropout_rate)
 
     def __call__(self, x_BTD: jax.Array, *, rngs: nnx.Rngs | None) -> jax.Array:
-        h_BTF = jax.nn.gelu(self.fc(x_BTD), approximate=True)
+        h_BTF = gelu_tanh(self.fc(x_BTD))
         return self.dropout(self.proj(h_BTF), deterministic=rngs is None, rngs=rngs)
 
 

@@ -63,6 +63,20 @@ def test_mask_bias_and_scale_together():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("head_dim", [4, 16, 64])
+def test_default_scale_is_one_over_sqrt_head_dim(head_dim):
+    rng = np.random.default_rng(11)
+    q, k, v = _qkv(rng, H=head_dim, Hv=3)
+    _, weights = dot_product_attention(q, k, v, return_weights=True)
+    # softmax(q.k / sqrt(H)) computed here from scratch, heads of group 2 reading kv head 1
+    logits = np.einsum("tnh,snh->nts", q[0], np.repeat(k[0], 2, axis=1)) / np.sqrt(head_dim)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(weights[0], expected, atol=1e-5)
+    unscaled = dot_product_attention(q, k, v, scale=1.0)
+    assert not np.allclose(unscaled, dot_product_attention(q, k, v), atol=1e-3)
+
+
 def test_matches_jax_nn_with_causal_mask():
     rng = np.random.default_rng(2)
     q, k, v = _qkv(rng, T=7, S=7)
