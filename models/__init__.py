@@ -1,6 +1,25 @@
-"""flaxzoo.models: Flax NNX models and their configs."""
+"""flaxzoo.models: Flax NNX models and their configs.
 
+Block, BlockConfig, RotaryConfig: the one transformer block every family is built from.
+GPT, GPTConfig (PRESETS, POSITIONS): the decoder-only language model.
+KVCache, LayerKV, init_cache, init_kv_cache: the explicit key/value cache.
+"""
+
+from flaxzoo.models.blocks import Block, BlockConfig, BlockOutput, RotaryConfig
 from flaxzoo.models.cache import KVCache, LayerKV, init_kv_cache
-from flaxzoo.models.gpt import GPT, PRESETS, GPTConfig, init_cache
+from flaxzoo.models.gpt import GPT, POSITIONS, PRESETS, GPTConfig, init_cache
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "LayerKV", "PRESETS", "init_cache", "init_kv_cache"]
+__all__ = [
+    "GPT",
+    "POSITIONS",
+    "PRESETS",
+    "Block",
+    "BlockConfig",
+    "BlockOutput",
+    "GPTConfig",
+    "KVCache",
+    "LayerKV",
+    "RotaryConfig",
+    "init_cache",
+    "init_kv_cache",
+]

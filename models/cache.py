@@ -4,7 +4,10 @@ Dimension key: L layers, B batch, S cache slots (max_len), K key/value heads, H 
 
 Slots are filled left to right; `length` counts the filled slots (the same for
 every row of the batch). A model call with T new tokens writes their keys and
-values at slots [length, length + T) and returns a cache with length + T.
+values at slots [length, length + T) and returns a cache with length + T. The
+cache also keeps the position of the token in each slot, so position schemes that
+compare query and key positions (ALiBi) see the positions the caller gave, left
+padding included.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ class LayerKV:
 
 @flax.struct.dataclass
 class KVCache:
-    """Per-layer keys/values plus the number of filled slots (int32 scalar)."""
+    """Per-layer keys/values, the number of filled slots (int32 scalar) and the
+    position of the token in each slot (int32 [B, S]; 0 in empty slots)."""
 
     layers: tuple[LayerKV, ...]
     length: jax.Array
+    positions_BS: jax.Array
 
     @property
     def max_len(self) -> int:
@@ -59,7 +64,8 @@ def init_kv_cache(
         LayerKV(key_BSKH=jnp.zeros(shape, dtype), value_BSKH=jnp.zeros(shape, dtype))
         for _ in range(num_layers)
     )
-    return KVCache(layers=layers, length=jnp.zeros((), jnp.int32))
+    return KVCache(layers=layers, length=jnp.zeros((), jnp.int32),
+                   positions_BS=jnp.zeros((batch_size, max_len), jnp.int32))
 
 
 def write_kv(layer: LayerKV, start: jax.Array, key_BTKH: jax.Array,
@@ -72,3 +78,9 @@ def write_kv(layer: LayerKV, start: jax.Array, key_BTKH: jax.Array,
         value_BSKH=jax.lax.dynamic_update_slice(
             layer.value_BSKH, value_BTKH.astype(layer.value_BSKH.dtype), index),
     )
+
+
+def write_positions(cache: KVCache, positions_BT: jax.Array) -> jax.Array:
+    """The cache's slot positions with T new ones written at [length, length + T)."""
+    return jax.lax.dynamic_update_slice(
+        cache.positions_BS, positions_BT.astype(jnp.int32), (0, cache.length))

@@ -3,9 +3,16 @@
 Dimension key: B batch, T query length, S cache slots, D model width,
 N heads, H head dim, F feedforward width, V vocabulary, L layers.
 
-Token embeddings plus learned position embeddings (positions are an explicit
-argument), pre-norm decoder blocks, a final LayerNorm, and an output layer tied
-to the token embedding.
+Token embeddings, positions (an explicit argument) by the scheme the config
+names, pre-norm causal blocks (`models.blocks.Block`), a final norm, and an output
+layer tied to the token embedding.
+
+Position schemes (`GPTConfig.position`):
+  "learned"     a trained table of max_seq_len rows added to the embeddings (GPT-2);
+  "sinusoidal"  the fixed table of `layers.sinusoidal_positions` added instead;
+  "rotary"      queries and keys rotated in every layer (`layers.apply_rope`);
+  "alibi"       a per-head linear bias on the logits (`layers.alibi_bias`);
+  "none"        no positions at all (the causal mask alone orders tokens).
 """
 
 from __future__ import annotations
@@ -17,9 +24,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxzoo.layers import causal_mask
-from flaxzoo.models.blocks import DecoderBlock, LayerNorm, default_init
-from flaxzoo.models.cache import KVCache, init_kv_cache
+from flaxzoo.layers import alibi_bias, alibi_slopes, causal_mask, sinusoidal_positions
+from flaxzoo.models.blocks import (
+    ROPE_LAYOUTS,
+    Block,
+    BlockConfig,
+    RotaryConfig,
+    default_init,
+    make_norm,
+)
+from flaxzoo.models.cache import KVCache, init_kv_cache, write_positions
+
+POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "none")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,33 +51,76 @@ class GPTConfig:
     num_heads: int
     """N, attention heads per block."""
     embed_dim: int
-    """D, model width; must be divisible by num_heads."""
+    """D, model width."""
     mlp_dim: int
     """F, feedforward hidden width."""
+    num_kv_heads: int | None = None
+    """K, key/value heads (grouped-query attention when 1 < K < N); None means N."""
+    head_dim: int | None = None
+    """H; None means embed_dim / num_heads."""
+    position: str = "learned"
+    """The position scheme, one of POSITIONS (see the module docstring)."""
+    rope_base: float = 10_000.0
+    """Base of the rotary frequencies (position="rotary" only)."""
+    rope_layout: str = "half"
+    """"half" or "interleaved" channel pairing (position="rotary" only)."""
+    activation: str = "gelu_tanh"
+    """Feedforward activation, a name in `layers.ACTIVATIONS`."""
+    gated_mlp: bool = False
+    """GEGLU / SwiGLU feedforward instead of the plain one."""
+    norm: str = "layer_norm"
+    """"layer_norm" or "rms_norm"."""
+    use_bias: bool = True
+    """Biases on dense layers and LayerNorms."""
     dropout_rate: float = 0.0
     """Dropout on embeddings and residual branches while training."""
+    attention_dropout_rate: float = 0.0
+    """Dropout on the attention weights while training."""
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads",
-                     "embed_dim", "mlp_dim"):
+        for name in ("vocab_size", "max_seq_len", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int; got {value!r}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"GPTConfig.embed_dim ({self.embed_dim}) must be divisible by "
-                f"num_heads ({self.num_heads})")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"GPTConfig.dropout_rate must be in [0, 1); got {self.dropout_rate}")
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(
-                f"GPTConfig.layer_norm_epsilon must be > 0; got {self.layer_norm_epsilon}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"GPTConfig.position must be one of {POSITIONS}; "
+                             f"got {self.position!r}")
+        if self.rope_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"GPTConfig.rope_layout must be one of {ROPE_LAYOUTS}; "
+                             f"got {self.rope_layout!r}")
+        if self.position == "sinusoidal" and self.embed_dim % 2:
+            raise ValueError(f"GPTConfig.embed_dim must be even for sinusoidal positions; "
+                             f"got {self.embed_dim}")
+        try:
+            self.block_config()
+        except ValueError as error:  # the block's checks, under this config's name
+            raise ValueError(str(error).replace("BlockConfig.", "GPTConfig.")
+                             .replace("norm_epsilon", "layer_norm_epsilon")) from None
+
+    def block_config(self) -> BlockConfig:
+        """The BlockConfig every layer of this model is built from."""
+        rotary = None
+        if self.position == "rotary":
+            rotary = RotaryConfig(base=self.rope_base, layout=self.rope_layout)
+        return BlockConfig(
+            embed_dim=self.embed_dim, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+            num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, norm=self.norm,
+            norm_epsilon=self.layer_norm_epsilon, pre_norm=True, use_bias=self.use_bias,
+            activation=self.activation, gated_mlp=self.gated_mlp,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate, rotary=rotary,
+        )
 
     @property
-    def head_dim(self) -> int:
-        """H = D / N."""
-        return self.embed_dim // self.num_heads
+    def kv_heads(self) -> int:
+        """K, with the default resolved."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def head_size(self) -> int:
+        """H, with the default resolved."""
+        return self.embed_dim // self.num_heads if self.head_dim is None else self.head_dim
 
     # Named sizes. vocab_size comes from the tokenizer, so every preset takes it.
     @classmethod
@@ -112,8 +171,8 @@ def init_cache(config: GPTConfig, batch_size: int, max_len: int,
         raise ValueError(
             f"max_len ({max_len}) exceeds the model's max_seq_len ({config.max_seq_len})")
     return init_kv_cache(num_layers=config.num_layers, batch_size=batch_size,
-                         max_len=max_len, num_kv_heads=config.num_heads,
-                         head_dim=config.head_dim, dtype=dtype)
+                         max_len=max_len, num_kv_heads=config.kv_heads,
+                         head_dim=config.head_size, dtype=dtype)
 
 
 def _check_inputs(config: GPTConfig, tokens_BT, positions_BT, cache) -> None:
@@ -153,17 +212,26 @@ class GPT(nnx.Module):
         self.config = config
         self.token_embed = nnx.Embed(config.vocab_size, config.embed_dim,
                                      embedding_init=default_init, rngs=rngs)
-        self.position_embed = nnx.Param(
-            default_init(rngs.params(), (config.max_seq_len, config.embed_dim)))
+        if config.position == "learned":
+            self.position_embed = nnx.Param(
+                default_init(rngs.params(), (config.max_seq_len, config.embed_dim)))
+        else:
+            self.position_embed = None
         self.embed_dropout = nnx.Dropout(config.dropout_rate)
-        self.blocks = nnx.List([
-            DecoderBlock(embed_dim=config.embed_dim, num_heads=config.num_heads,
-                         mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
-                         layer_norm_epsilon=config.layer_norm_epsilon,
-                         num_layers=config.num_layers, rngs=rngs)
-            for _ in range(config.num_layers)
-        ])
-        self.final_norm = LayerNorm(config.embed_dim, epsilon=config.layer_norm_epsilon)
+        block_config = config.block_config()
+        self.blocks = nnx.List([Block(block_config, num_layers=config.num_layers, rngs=rngs)
+                                for _ in range(config.num_layers)])
+        self.final_norm = make_norm(block_config)
+
+    def _embed(self, tokens_BT, positions_BT, rngs):
+        config = self.config
+        x_BTD = self.token_embed(tokens_BT)
+        if config.position == "learned":
+            table = self.position_embed[...]
+            x_BTD = x_BTD + table[jnp.clip(positions_BT, 0, config.max_seq_len - 1)]
+        elif config.position == "sinusoidal":
+            x_BTD = x_BTD + sinusoidal_positions(positions_BT, config.embed_dim).astype(x_BTD.dtype)
+        return self.embed_dropout(x_BTD, deterministic=rngs is None, rngs=rngs)
 
     def __call__(
         self,
@@ -172,7 +240,8 @@ class GPT(nnx.Module):
         *,
         cache: KVCache | None = None,
         dropout_rng: jax.Array | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
+        return_weights: bool = False,
+    ) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, jax.Array]:
         """Logits for every position, and the cache with these tokens appended.
 
         Args:
@@ -183,9 +252,12 @@ class GPT(nnx.Module):
             is prefilled in one call, then tokens are appended one at a time.
           dropout_rng: a PRNG key turns dropout on (training); None is
             deterministic (evaluation and decoding).
+          return_weights: also return every layer's attention weights.
 
         Returns:
-          (logits [B, T, V] float32, updated cache or None).
+          (logits [B, T, V] float32, updated cache or None), and with
+          `return_weights` a third item, float32 [L, B, N, T, S] (S = T without a
+          cache, the cache's slots with one).
 
         Out-of-range positions or a cache overflow raise ValueError when the
         values are concrete; under jit they make the logits NaN rather than read
@@ -199,14 +271,12 @@ class GPT(nnx.Module):
         rngs = None if dropout_rng is None else nnx.Rngs(dropout=dropout_rng)
 
         valid_BT = (positions_BT >= 0) & (positions_BT < config.max_seq_len)
-        pos_BTD = self.position_embed[...][jnp.clip(positions_BT, 0, config.max_seq_len - 1)]
-        x_BTD = self.token_embed(tokens_BT) + pos_BTD
-        x_BTD = self.embed_dropout(x_BTD, deterministic=rngs is None, rngs=rngs)
-
+        x_BTD = self._embed(tokens_BT, positions_BT, rngs)
         if cache is None:
             mask_TS = causal_mask(T)
             cache_length = None
             layer_caches = (None,) * config.num_layers
+            key_positions_BS = positions_BT
         else:
             # New queries sit at slots [length, length + T); the causal mask with
             # that offset also hides the empty slots after them.
@@ -214,16 +284,26 @@ class GPT(nnx.Module):
             cache_length = cache.length
             layer_caches = cache.layers
             valid_BT = valid_BT & (cache.length + T <= cache.max_len)
+            key_positions_BS = write_positions(cache, positions_BT)
+        bias_BNTS = None
+        if config.position == "alibi":
+            bias_BNTS = alibi_bias(alibi_slopes(config.num_heads), positions_BT, key_positions_BS)
 
-        new_layers = []
+        new_layers, weights = [], []
         for block, layer_cache in zip(self.blocks, layer_caches):
-            x_BTD, layer_cache = block(x_BTD, mask=mask_TS, cache=layer_cache,
-                                       cache_length=cache_length, rngs=rngs)
-            new_layers.append(layer_cache)
+            out = block(x_BTD, mask=mask_TS, bias=bias_BNTS, positions_BT=positions_BT,
+                        cache=layer_cache, cache_length=cache_length, rngs=rngs,
+                        return_weights=return_weights)
+            x_BTD = out.x_BTD
+            new_layers.append(out.cache)
+            weights.append(out.self_weights_BNTS)
 
         x_BTD = self.final_norm(x_BTD)
         logits_BTV = self.token_embed.attend(x_BTD).astype(jnp.float32)
         logits_BTV = jnp.where(valid_BT[..., None], logits_BTV, jnp.nan)
         if cache is not None:
-            cache = KVCache(layers=tuple(new_layers), length=cache.length + T)
+            cache = KVCache(layers=tuple(new_layers), length=cache.length + T,
+                            positions_BS=key_positions_BS)
+        if return_weights:
+            return logits_BTV, cache, jnp.stack(weights)
         return logits_BTV, cache

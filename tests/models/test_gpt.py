@@ -163,3 +163,83 @@ def test_gpt2_small_shape_by_eval_shape():
     assert count == 124_439_808  # GPT-2 small with tied output and 1024 positions
     cache = jax.eval_shape(lambda: init_cache(config, 1, 1024))
     assert cache.layers[0].key_BSKH.shape == (1, 1024, 12, 64)
+
+
+# ---------------------------------------------------------------- position schemes and heads
+
+VARIANTS = {
+    "learned": GPTConfig.tiny(),
+    "sinusoidal": GPTConfig.tiny(position="sinusoidal"),
+    "rotary_gqa": GPTConfig.tiny(position="rotary", num_kv_heads=2),
+    "rotary_interleaved_mqa": GPTConfig.tiny(position="rotary", rope_layout="interleaved",
+                                             num_kv_heads=1),
+    "alibi_head_dim_6": GPTConfig.tiny(position="alibi", head_dim=6),
+    "none_rms_swiglu": GPTConfig.tiny(position="none", norm="rms_norm", activation="silu",
+                                      gated_mlp=True, use_bias=False),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request):
+    config = VARIANTS[request.param]
+    return request.param, config, GPT(config, rngs=nnx.Rngs(0))
+
+
+def test_every_variant_caches_exactly(variant):
+    name, config, model = variant
+    tokens, positions = _batch(length=9, seed=3)
+    full, _ = model(tokens, positions)
+    cache = init_cache(config, 2, 12)
+    logits, cache = model(tokens[:, :4], positions[:, :4], cache=cache)
+    pieces = [logits]
+    for t in range(4, 9):
+        logits, cache = model(tokens[:, t:t + 1], positions[:, t:t + 1], cache=cache)
+        pieces.append(logits)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5, err_msg=name)
+    assert cache.layers[0].key_BSKH.shape == (2, 12, config.kv_heads, config.head_size)
+    np.testing.assert_array_equal(cache.positions_BS[:, :9], positions)
+
+
+def test_every_variant_is_causal(variant):
+    name, config, model = variant
+    tokens, positions = _batch(batch=1, length=8)
+    changed = tokens.at[:, 5:].set((tokens[:, 5:] + 1) % config.vocab_size)
+    a, _ = model(tokens, positions)
+    b, _ = model(changed, positions)
+    np.testing.assert_array_equal(a[:, :5], b[:, :5], err_msg=name)
+    assert not np.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_relative_schemes_ignore_a_shift_of_all_positions(variant):
+    # Rotary and ALiBi see only k - q; absolute schemes see the positions themselves.
+    name, config, model = variant
+    tokens, positions = _batch(length=8)
+    a, _ = model(tokens, positions)
+    b, _ = model(tokens, positions + 5)
+    if config.position in ("rotary", "alibi", "none"):
+        np.testing.assert_allclose(a, b, atol=1e-4, err_msg=name)
+    else:
+        assert not np.allclose(a, b, atol=1e-4), name
+
+
+def test_every_layer_returns_per_head_weights(variant):
+    name, config, model = variant
+    tokens, positions = _batch(length=6)
+    logits, _, weights = model(tokens, positions, return_weights=True)
+    assert weights.shape == (config.num_layers, 2, config.num_heads, 6, 6)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.triu(np.asarray(weights), 1), 0.0)
+    np.testing.assert_array_equal(logits, model(tokens, positions)[0])
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(position="absolute"), "position"),
+    (dict(position="rotary", rope_layout="zigzag"), "rope_layout"),
+    (dict(num_kv_heads=3), "num_kv_heads"),
+    (dict(norm="batch_norm"), "norm"),
+    (dict(activation="relu", gated_mlp=True), "activation"),
+    (dict(position="sinusoidal", embed_dim=15, head_dim=4, num_heads=3), "embed_dim"),
+])
+def test_position_and_head_options_are_validated(overrides, field):
+    with pytest.raises(ValueError, match=f"GPTConfig.{field}"):
+        GPTConfig.tiny(**overrides)
