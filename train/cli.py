@@ -8,6 +8,7 @@ with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Sequence
 
@@ -18,6 +19,31 @@ EXIT_BAD_INPUT = 2
 
 class _UsageError(Exception):
     pass
+
+
+# Library errors name Python arguments; on the command line the user typed flags.
+_FLAG_OF_ARGUMENT = {
+    "preset": "--preset", "data": "--data", "steps": "--steps", "batch_size": "--batch-size",
+    "seq_len": "--seq-len", "learning_rate": "--learning-rate", "warmup_steps": "--warmup-steps",
+    "weight_decay": "--weight-decay", "dropout_rate": "--dropout", "out_dir": "--out",
+    "seed": "--seed", "eval_every": "--eval-every", "checkpoint_every": "--checkpoint-every",
+    "max_new_tokens": "--new-tokens", "temperature": "--temperature", "top_k": "--top-k",
+}
+
+
+def _in_flags(message: str) -> str:
+    """The library's message with Python argument names written as their flags.
+
+    Names with an underscore (`max_new_tokens`) cannot be English words and are
+    replaced anywhere; plain words (`steps`, `data`) only where they open the
+    message as its subject ("steps must be ...").
+    """
+    def flag(match: re.Match) -> str:
+        return _FLAG_OF_ARGUMENT[match.group(1)]
+
+    compound = [name for name in _FLAG_OF_ARGUMENT if "_" in name]
+    message = re.sub(r"(?<![\w-])(" + "|".join(compound) + r")\b", flag, message)
+    return re.sub(r"^(" + "|".join(_FLAG_OF_ARGUMENT) + r")\b(?= must)", flag, message)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
     except ValueError as err:
-        print(f"flaxzoo: error: {err}", file=sys.stderr)
+        print(f"flaxzoo: error: {_in_flags(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("flaxzoo: interrupted", file=sys.stderr)

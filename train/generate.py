@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flaxzoo.decoding import sample
@@ -87,10 +88,12 @@ def generate_text(model: LoadedModel, prompt: str, *, max_new_tokens: int,
         raise ValueError(f"temperature must be >= 0; got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1; got {top_k}")
-    try:
-        ids = model.tokenizer.encode(prompt, unknown="error")
-    except ValueError as err:
-        raise ValueError(f"prompt: {err}") from None
+    ids = model.tokenizer.encode(prompt, unknown="replace")
+    unknown = np.flatnonzero(ids == model.tokenizer.unk_id)
+    if unknown.size:
+        i = int(unknown[0])
+        raise ValueError(f"prompt: character {prompt[i]!r} at index {i} is not among the "
+                         f"{len(model.tokenizer.chars)} characters the model was trained on")
     window = model.config.max_seq_len
     if len(ids) + max_new_tokens - 1 > window:
         raise ValueError(

@@ -114,7 +114,8 @@ def evaluate(eval_step, params, token_ids: np.ndarray, *, batch_size: int, seq_l
     return total / max(count, 1.0), int(count)
 
 
-def _prepare_out_dir(config: RunConfig) -> tuple[Path, int | None]:
+def _check_out_dir(config: RunConfig) -> tuple[Path, int | None]:
+    """The output directory and, when resuming, the step to resume from."""
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out} exists and is not a directory")
@@ -125,7 +126,16 @@ def _prepare_out_dir(config: RunConfig) -> tuple[Path, int | None]:
         if not config.overwrite:
             raise ValueError(f"{out} already holds a run (checkpoint at step {existing}); "
                              f"pass --resume to continue it or --overwrite to start over")
-    if config.overwrite and out.exists():
+    return out, existing if config.resume else None
+
+
+def _make_out_dir(out: Path, *, overwrite: bool) -> None:
+    """Creates `out`, first removing the old run there when overwriting.
+
+    Called only once every input has been checked, so a bad data file or
+    setting never deletes a run or leaves an empty directory behind.
+    """
+    if overwrite and out.exists():
         for name in (CHECKPOINT_DIR, METRICS_FILE):
             target = out / name
             if target.is_dir():
@@ -133,13 +143,12 @@ def _prepare_out_dir(config: RunConfig) -> tuple[Path, int | None]:
             elif target.exists():
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    return out, existing if config.resume else None
 
 
 def train(config: RunConfig, *, log: TextIO = sys.stderr) -> RunResult:
     """Runs (or resumes) a training run and returns its final validation loss."""
     text = load_shakespeare() if config.data is None else read_text_file(config.data)
-    out, resume_step = _prepare_out_dir(config)
+    out, resume_step = _check_out_dir(config)
     train_text, val_text = split_train_val(text, val_fraction=config.val_fraction)
 
     if resume_step is not None:
@@ -168,6 +177,7 @@ def train(config: RunConfig, *, log: TextIO = sys.stderr) -> RunResult:
                                  warmup_steps=config.warmup_steps,
                                  weight_decay=config.weight_decay)
     optimizer = make_optimizer(opt_config)
+    _make_out_dir(out, overwrite=config.overwrite)
     model = GPT(model_config, rngs=nnx.Rngs(config.seed))
     graphdef, state = init_train_state(model, optimizer, config.seed)
     if resume_step is not None:

@@ -33,10 +33,10 @@ def _bad_input(capsys, argv, match):
 @pytest.mark.parametrize("argv, match", [
     (["train", "--data", "/definitely/missing.txt"], "does not exist"),
     (["train", "--preset", "huge"], "unknown preset 'huge'"),
-    (["train", "--steps", "0"], "steps must be a positive integer"),
-    (["train", "--steps", "-3"], "steps must be a positive integer"),
+    (["train", "--steps", "0"], "--steps must be a positive integer"),
+    (["train", "--steps", "-3"], "--steps must be a positive integer"),
     (["train", "--steps", "many"], "invalid int value"),
-    (["train", "--batch-size", "0"], "batch_size"),
+    (["train", "--batch-size", "0"], "--batch-size must be"),
     (["frobnicate"], "invalid choice"),
     (["generate", "--prompt", "x"], "--checkpoint"),
 ])
@@ -44,7 +44,16 @@ def test_bad_train_input(capsys, tmp_path, argv, match):
     if argv[0] == "train":
         argv = argv + ["--out", str(tmp_path / "out")]
     _bad_input(capsys, argv, match)
-    assert not (tmp_path / "out" / "checkpoint").exists()
+    assert not (tmp_path / "out").exists()  # not even an empty directory is left behind
+
+
+def test_bad_data_with_overwrite_keeps_the_old_run(capsys, run_dir, tmp_path):
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    short = tmp_path / "short.txt"
+    short.write_text("too short\n")
+    _bad_input(capsys, ["train", "--data", str(short), "--preset", "tiny", "--seq-len", "16",
+                        "--out", str(run_dir), "--overwrite"], "fewer than --seq-len + 1")
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
 def test_empty_and_non_utf8_data_files(capsys, tmp_path):
@@ -62,11 +71,11 @@ def test_generate_bad_input(capsys, run_dir, tmp_path):
     _bad_input(capsys, ["generate", "--checkpoint", str(tmp_path), "--prompt", "A"],
                "no checkpoint found")
     _bad_input(capsys, ["generate", "--checkpoint", str(run_dir), "--prompt", "ROMEO\u00e9"],
-               "prompt")
+               "prompt: character '\u00e9' at index 5 is not among the")
     _bad_input(capsys, ["generate", "--checkpoint", str(run_dir), "--prompt", "A",
-                        "--new-tokens", "0"], "max_new_tokens")
+                        "--new-tokens", "0"], "--new-tokens must be >= 1")
     _bad_input(capsys, ["generate", "--checkpoint", str(run_dir), "--prompt", "A",
-                        "--top-k", "0"], "top_k")
+                        "--top-k", "0"], "--top-k must be >= 1")
     _bad_input(capsys, ["generate", "--checkpoint", str(run_dir), "--prompt", "A",
                         "--new-tokens", "100"], "context window")
 
@@ -87,5 +96,5 @@ def test_console_script_is_installed_and_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([str(script), "train", "--steps", "0", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("flaxzoo: error: steps")
+    assert proc.stderr.strip().splitlines()[-1].startswith("flaxzoo: error: --steps")
     assert "Traceback" not in proc.stderr
