@@ -2,14 +2,27 @@
 
 Block, BlockConfig, RotaryConfig: the one transformer block every family is built from.
 GPT, GPTConfig (PRESETS, POSITIONS): the decoder-only language model.
+BertModel, BertForMaskedLM, BertForSequenceClassification, BertConfig: the encoder.
 KVCache, LayerKV, init_cache, init_kv_cache: the explicit key/value cache.
 """
 
+from flaxzoo.models.bert import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    BertOutput,
+)
 from flaxzoo.models.blocks import Block, BlockConfig, BlockOutput, RotaryConfig
 from flaxzoo.models.cache import KVCache, LayerKV, init_kv_cache
 from flaxzoo.models.gpt import GPT, POSITIONS, PRESETS, GPTConfig, init_cache
 
 __all__ = [
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertModel",
+    "BertOutput",
     "GPT",
     "POSITIONS",
     "PRESETS",

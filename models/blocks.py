@@ -34,6 +34,7 @@ from flaxzoo.layers import (
     swiglu,
 )
 from flaxzoo.models.cache import LayerKV, write_kv
+from flaxzoo.models.config import check_positive_ints
 
 # GPT-2's initialisation: N(0, 0.02) for weights and embeddings.
 default_init = nnx.initializers.normal(stddev=0.02)
@@ -105,11 +106,9 @@ class BlockConfig:
     """Add a cross-attention sublayer that reads an encoder's output."""
 
     def __post_init__(self):
-        for name in ("embed_dim", "num_heads", "mlp_dim"):
-            _check_positive_int(f"BlockConfig.{name}", getattr(self, name))
-        for name in ("num_kv_heads", "head_dim"):
-            if getattr(self, name) is not None:
-                _check_positive_int(f"BlockConfig.{name}", getattr(self, name))
+        check_positive_ints(self, "embed_dim", "num_heads", "mlp_dim")
+        check_positive_ints(self, *(name for name in ("num_kv_heads", "head_dim")
+                                    if getattr(self, name) is not None))
         if self.num_heads % self.kv_heads:
             raise ValueError(f"BlockConfig.num_kv_heads ({self.kv_heads}) must divide "
                              f"num_heads ({self.num_heads})")
@@ -146,11 +145,6 @@ class BlockConfig:
     def head_size(self) -> int:
         """H, with the default resolved."""
         return self.embed_dim // self.num_heads if self.head_dim is None else self.head_dim
-
-
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
 class LayerNorm(nnx.Module):

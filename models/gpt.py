@@ -18,7 +18,7 @@ Position schemes (`GPTConfig.position`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -34,26 +34,17 @@ from flaxzoo.models.blocks import (
     make_norm,
 )
 from flaxzoo.models.cache import KVCache, init_kv_cache, write_positions
+from flaxzoo.models.config import StackConfig, check_positive_ints
 
 POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "none")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GPTConfig:
+class GPTConfig(StackConfig):
     """Shape and regularisation of a GPT model; validated on construction."""
 
-    vocab_size: int
-    """V, number of token ids."""
-    max_seq_len: int
-    """Rows of the learned position table: positions must lie in [0, max_seq_len)."""
-    num_layers: int
-    """L, number of decoder blocks."""
-    num_heads: int
-    """N, attention heads per block."""
-    embed_dim: int
-    """D, model width."""
-    mlp_dim: int
-    """F, feedforward hidden width."""
+    PRESET_NAMES: ClassVar[tuple[str, ...]] = ("tiny", "demo", "gpt2_small")
+
     num_kv_heads: int | None = None
     """K, key/value heads (grouped-query attention when 1 < K < N); None means N."""
     head_dim: int | None = None
@@ -79,10 +70,7 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_seq_len", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive int; got {value!r}")
+        check_positive_ints(self, "vocab_size", "max_seq_len", "num_layers")
         if self.position not in POSITIONS:
             raise ValueError(f"GPTConfig.position must be one of {POSITIONS}; "
                              f"got {self.position!r}")
@@ -142,26 +130,8 @@ class GPTConfig:
                              num_heads=12, embed_dim=768, mlp_dim=3072, dropout_rate=0.1),
                       **overrides})
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> GPTConfig:
-        """A named preset (see PRESETS) with fields overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return getattr(cls, name)(**overrides)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields: {sorted(unknown)}")
-        return cls(**values)
-
-
-PRESETS = ("tiny", "demo", "gpt2_small")
+PRESETS = GPTConfig.PRESET_NAMES
 
 
 def init_cache(config: GPTConfig, batch_size: int, max_len: int,
