@@ -6,8 +6,9 @@ Slots are filled left to right; `length` counts the filled slots (the same for
 every row of the batch). A model call with T new tokens writes their keys and
 values at slots [length, length + T) and returns a cache with length + T. The
 cache also keeps the position of the token in each slot, so position schemes that
-compare query and key positions (ALiBi) see the positions the caller gave, left
-padding included.
+compare query and key positions (ALiBi) see the positions the caller gave, and
+whether the slot holds a real token, so padding (left padding of a batch of
+prompts) is never attended to.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ class LayerKV:
 
 @flax.struct.dataclass
 class KVCache:
-    """Per-layer keys/values, the number of filled slots (int32 scalar) and the
-    position of the token in each slot (int32 [B, S]; 0 in empty slots)."""
+    """Per-layer keys/values, the number of filled slots (int32 scalar), the
+    position of the token in each slot (int32 [B, S]; 0 in empty slots) and whether
+    it is a real token (bool [B, S]; False in empty slots and for padding)."""
 
     layers: tuple[LayerKV, ...]
     length: jax.Array
     positions_BS: jax.Array
+    valid_BS: jax.Array
 
     @property
     def max_len(self) -> int:
@@ -65,7 +68,8 @@ def init_kv_cache(
         for _ in range(num_layers)
     )
     return KVCache(layers=layers, length=jnp.zeros((), jnp.int32),
-                   positions_BS=jnp.zeros((batch_size, max_len), jnp.int32))
+                   positions_BS=jnp.zeros((batch_size, max_len), jnp.int32),
+                   valid_BS=jnp.zeros((batch_size, max_len), jnp.bool_))
 
 
 def write_kv(layer: LayerKV, start: jax.Array, key_BTKH: jax.Array,
@@ -80,7 +84,12 @@ def write_kv(layer: LayerKV, start: jax.Array, key_BTKH: jax.Array,
     )
 
 
-def write_positions(cache: KVCache, positions_BT: jax.Array) -> jax.Array:
-    """The cache's slot positions with T new ones written at [length, length + T)."""
-    return jax.lax.dynamic_update_slice(
-        cache.positions_BS, positions_BT.astype(jnp.int32), (0, cache.length))
+def write_slots(cache: KVCache, positions_BT: jax.Array,
+                valid_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The cache's slot positions [B, S] and validity [B, S] with T new tokens written
+    at slots [length, length + T)."""
+    start = (0, cache.length)
+    positions_BS = jax.lax.dynamic_update_slice(cache.positions_BS,
+                                                positions_BT.astype(jnp.int32), start)
+    valid_BS = jax.lax.dynamic_update_slice(cache.valid_BS, valid_BT.astype(jnp.bool_), start)
+    return positions_BS, valid_BS

@@ -24,7 +24,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxzoo.layers import alibi_bias, alibi_slopes, causal_mask, sinusoidal_positions
+from flaxzoo.layers import (
+    alibi_bias,
+    alibi_slopes,
+    causal_mask,
+    padding_mask,
+    sinusoidal_positions,
+)
 from flaxzoo.models.blocks import (
     ROPE_LAYOUTS,
     Block,
@@ -33,7 +39,7 @@ from flaxzoo.models.blocks import (
     default_init,
     make_norm,
 )
-from flaxzoo.models.cache import KVCache, init_kv_cache, write_positions
+from flaxzoo.models.cache import KVCache, init_kv_cache, write_slots
 from flaxzoo.models.config import StackConfig, check_positive_ints
 
 POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "none")
@@ -209,6 +215,7 @@ class GPT(nnx.Module):
         positions_BT: jax.Array,
         *,
         cache: KVCache | None = None,
+        valid_BT: jax.Array | None = None,
         dropout_rng: jax.Array | None = None,
         return_weights: bool = False,
     ) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, jax.Array]:
@@ -220,6 +227,10 @@ class GPT(nnx.Module):
           cache: None for a plain forward pass over the whole sequence; else a
             KVCache whose first `cache.length` slots hold earlier tokens. A prompt
             is prefilled in one call, then tokens are appended one at a time.
+          valid_BT: bool [B, T], False for padding tokens, which no token attends
+            to (also later, through the cache); default all True. With left
+            padding, give the real tokens positions 0, 1, ... so every scheme sees
+            each row as if it were alone.
           dropout_rng: a PRNG key turns dropout on (training); None is
             deterministic (evaluation and decoding).
           return_weights: also return every layer's attention weights.
@@ -240,28 +251,35 @@ class GPT(nnx.Module):
         T = tokens_BT.shape[1]
         rngs = None if dropout_rng is None else nnx.Rngs(dropout=dropout_rng)
 
-        valid_BT = (positions_BT >= 0) & (positions_BT < config.max_seq_len)
+        in_range_BT = (positions_BT >= 0) & (positions_BT < config.max_seq_len)
         x_BTD = self._embed(tokens_BT, positions_BT, rngs)
+        if valid_BT is None:
+            valid_BT = jnp.ones(tokens_BT.shape, jnp.bool_)
+        elif jnp.shape(valid_BT) != tokens_BT.shape:
+            raise ValueError(f"valid must have the shape of tokens {tokens_BT.shape}; "
+                             f"got {jnp.shape(valid_BT)}")
+        valid_BT = jnp.asarray(valid_BT, jnp.bool_)
         if cache is None:
-            mask_TS = causal_mask(T)
+            key_positions_BS, key_valid_BS = positions_BT, valid_BT
+            mask_BNTS = causal_mask(T) & padding_mask(key_valid_BS)
             cache_length = None
             layer_caches = (None,) * config.num_layers
-            key_positions_BS = positions_BT
         else:
             # New queries sit at slots [length, length + T); the causal mask with
             # that offset also hides the empty slots after them.
-            mask_TS = causal_mask(T, cache.max_len, offset=cache.length)
+            key_positions_BS, key_valid_BS = write_slots(cache, positions_BT, valid_BT)
+            mask_BNTS = (causal_mask(T, cache.max_len, offset=cache.length)
+                         & padding_mask(key_valid_BS))
             cache_length = cache.length
             layer_caches = cache.layers
-            valid_BT = valid_BT & (cache.length + T <= cache.max_len)
-            key_positions_BS = write_positions(cache, positions_BT)
+            in_range_BT = in_range_BT & (cache.length + T <= cache.max_len)
         bias_BNTS = None
         if config.position == "alibi":
             bias_BNTS = alibi_bias(alibi_slopes(config.num_heads), positions_BT, key_positions_BS)
 
         new_layers, weights = [], []
         for block, layer_cache in zip(self.blocks, layer_caches):
-            out = block(x_BTD, mask=mask_TS, bias=bias_BNTS, positions_BT=positions_BT,
+            out = block(x_BTD, mask=mask_BNTS, bias=bias_BNTS, positions_BT=positions_BT,
                         cache=layer_cache, cache_length=cache_length, rngs=rngs,
                         return_weights=return_weights)
             x_BTD = out.x_BTD
@@ -270,10 +288,10 @@ class GPT(nnx.Module):
 
         x_BTD = self.final_norm(x_BTD)
         logits_BTV = self.token_embed.attend(x_BTD).astype(jnp.float32)
-        logits_BTV = jnp.where(valid_BT[..., None], logits_BTV, jnp.nan)
+        logits_BTV = jnp.where(in_range_BT[..., None], logits_BTV, jnp.nan)
         if cache is not None:
             cache = KVCache(layers=tuple(new_layers), length=cache.length + T,
-                            positions_BS=key_positions_BS)
+                            positions_BS=key_positions_BS, valid_BS=key_valid_BS)
         if return_weights:
             return logits_BTV, cache, jnp.stack(weights)
         return logits_BTV, cache

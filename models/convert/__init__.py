@@ -3,6 +3,8 @@
 load_hf_bert(directory, architecture=None) -> (BertConfig, model)
 save_hf_bert(model, directory)             -> a directory `transformers` loads
 bert_config_from_hf(config_json_dict), bert_from_hf_weights(tensors, config, architecture)
+load_hf_gpt2(directory) -> (GPTConfig, GPT); save_hf_gpt2(model, directory)
+gpt2_config_from_hf(config_json_dict), gpt2_from_hf_weights(tensors, config)
 """
 
 from flaxzoo.models.convert.bert import (
@@ -11,5 +13,13 @@ from flaxzoo.models.convert.bert import (
     load_hf_bert,
     save_hf_bert,
 )
+from flaxzoo.models.convert.gpt2 import (
+    gpt2_config_from_hf,
+    gpt2_from_hf_weights,
+    load_hf_gpt2,
+    save_hf_gpt2,
+)
 
-__all__ = ["bert_config_from_hf", "bert_from_hf_weights", "load_hf_bert", "save_hf_bert"]
+__all__ = ["bert_config_from_hf", "bert_from_hf_weights", "gpt2_config_from_hf",
+           "gpt2_from_hf_weights", "load_hf_bert", "load_hf_gpt2", "save_hf_bert",
+           "save_hf_gpt2"]

@@ -30,6 +30,8 @@ from flaxzoo.models.bert import (
     BertModel,
 )
 from flaxzoo.models.convert.hf_io import (
+    ACTIVATION_FROM_HF,
+    ACTIVATION_TO_HF,
     assign_params,
     check_all_used,
     read_hf_config,
@@ -44,10 +46,6 @@ ARCHITECTURES = {
     "BertForMaskedLM": BertForMaskedLM,
     "BertForSequenceClassification": BertForSequenceClassification,
 }
-# Hugging Face activation names and flaxzoo's.
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "relu": "relu", "silu": "silu", "swish": "silu"}
-_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 # Buffers some checkpoints carry that hold no weights.
 _IGNORABLE = ("embeddings.position_ids",)
 
@@ -66,9 +64,9 @@ def bert_config_from_hf(hf: dict) -> BertConfig:
         if value != supported:
             raise ValueError(f"config.json {name}={value!r} is not supported (only "
                              f"{supported!r})")
-    if hf.get("hidden_act", "gelu") not in _ACTIVATIONS:
+    if hf.get("hidden_act", "gelu") not in ACTIVATION_FROM_HF:
         raise ValueError(f"config.json hidden_act={hf['hidden_act']!r} is not supported; "
-                         f"supported: {sorted(_ACTIVATIONS)}")
+                         f"supported: {sorted(ACTIVATION_FROM_HF)}")
     if hf.get("tie_word_embeddings", True) is False:
         raise ValueError("config.json tie_word_embeddings=False is not supported: flaxzoo's "
                          "masked-LM decoder is the word embedding")
@@ -82,7 +80,7 @@ def bert_config_from_hf(hf: dict) -> BertConfig:
         num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
         embed_dim=hf["hidden_size"], mlp_dim=hf["intermediate_size"],
         type_vocab_size=hf.get("type_vocab_size", 2),
-        activation=_ACTIVATIONS[hf.get("hidden_act", "gelu")],
+        activation=ACTIVATION_FROM_HF[hf.get("hidden_act", "gelu")],
         dropout_rate=hf.get("hidden_dropout_prob", 0.1),
         attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
         layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12), num_labels=int(num_labels),
@@ -199,7 +197,7 @@ def save_hf_bert(model, directory: str | os.PathLike[str]) -> Path:
         "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
         "hidden_size": config.embed_dim, "intermediate_size": config.mlp_dim,
         "type_vocab_size": config.type_vocab_size,
-        "hidden_act": _HF_ACTIVATION[config.activation],
+        "hidden_act": ACTIVATION_TO_HF[config.activation],
         "hidden_dropout_prob": config.dropout_rate,
         "attention_probs_dropout_prob": config.attention_dropout_rate,
         "layer_norm_eps": config.layer_norm_epsilon, "position_embedding_type": "absolute",

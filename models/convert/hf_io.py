@@ -17,6 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# transformers' activation names (config.json "hidden_act" / "activation_function")
+# and the flaxzoo.layers names they are.
+ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                      "relu": "relu", "silu": "silu", "swish": "silu"}
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 CONFIG_FILE = "config.json"

@@ -243,3 +243,26 @@ def test_every_layer_returns_per_head_weights(variant):
 def test_position_and_head_options_are_validated(overrides, field):
     with pytest.raises(ValueError, match=f"GPTConfig.{field}"):
         GPTConfig.tiny(**overrides)
+
+
+def test_left_padded_rows_equal_each_prompt_alone_with_and_without_cache(variant):
+    # Row 1 is row 0's last 5 tokens behind 3 pads; its real tokens get positions 0..4.
+    name, config, model = variant
+    tokens, _ = _batch(batch=1, length=8, seed=4)
+    prompt = tokens[0, 3:]
+    batch = jnp.stack([tokens[0], jnp.concatenate([jnp.zeros(3, jnp.int32), prompt])])
+    valid = jnp.array([[True] * 8, [False] * 3 + [True] * 5])
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    padded, _ = model(batch, positions, valid_BT=valid)
+    alone, _ = model(prompt[None], jnp.arange(5)[None])
+    np.testing.assert_allclose(padded[1, 3:], alone[0], atol=1e-5, err_msg=name)
+    # The same through the cache: prefill 6 slots, then two single tokens.
+    cache = init_cache(config, 2, 8)
+    first, cache = model(batch[:, :6], positions[:, :6], valid_BT=valid[:, :6], cache=cache)
+    steps = [first]
+    for t in (6, 7):
+        logits, cache = model(batch[:, t:t + 1], positions[:, t:t + 1], cache=cache)
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1)[1, 3:], alone[0], atol=1e-5,
+                               err_msg=name)
+    np.testing.assert_array_equal(cache.valid_BS, valid)
