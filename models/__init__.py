@@ -3,6 +3,7 @@
 Block, BlockConfig, RotaryConfig: the one transformer block every family is built from.
 GPT, GPTConfig (PRESETS, POSITIONS): the decoder-only language model.
 BertModel, BertForMaskedLM, BertForSequenceClassification, BertConfig: the encoder.
+T5, T5Config (EncoderOutput, DecodeCache): the encoder-decoder, `encode` then `decode`.
 KVCache, LayerKV, init_cache, init_kv_cache: the explicit key/value cache.
 """
 
@@ -16,6 +17,7 @@ from flaxzoo.models.bert import (
 from flaxzoo.models.blocks import Block, BlockConfig, BlockOutput, RotaryConfig
 from flaxzoo.models.cache import KVCache, LayerKV, init_kv_cache
 from flaxzoo.models.gpt import GPT, POSITIONS, PRESETS, GPTConfig, init_cache
+from flaxzoo.models.t5 import T5, DecodeCache, EncoderOutput, T5Config
 
 __all__ = [
     "BertConfig",
@@ -24,6 +26,10 @@ __all__ = [
     "BertModel",
     "BertOutput",
     "GPT",
+    "T5",
+    "T5Config",
+    "DecodeCache",
+    "EncoderOutput",
     "POSITIONS",
     "PRESETS",
     "Block",

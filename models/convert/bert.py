@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from flax import nnx
 
 from flaxzoo.models.bert import (
     BertConfig,
@@ -32,12 +31,13 @@ from flaxzoo.models.bert import (
 from flaxzoo.models.convert.hf_io import (
     ACTIVATION_FROM_HF,
     ACTIVATION_TO_HF,
-    assign_params,
-    check_all_used,
+    build_model,
+    drop_tied_copy,
     read_hf_config,
     read_hf_weights,
     read_params,
-    take,
+    values_from_table,
+    weights_from_table,
     write_hf_checkpoint,
 )
 
@@ -133,27 +133,18 @@ def bert_from_hf_weights(weights: dict[str, np.ndarray], config: BertConfig,
         raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}; "
                          f"got {architecture!r}")
     weights = dict(weights)
-    model = ARCHITECTURES[architecture](config, rngs=nnx.Rngs(0))
     if architecture == "BertModel" and any(name.startswith("bert.") for name in weights):
         # The encoder of a task checkpoint: drop the task head's tensors.
         weights = {name.removeprefix("bert."): value for name, value in weights.items()
                    if name.startswith("bert.")}
-    values = {}
-    for hf, ours, transpose in _name_pairs(config, architecture):
-        value = take(weights, hf)
-        values[ours] = value.T if transpose else value
+    values = values_from_table(weights, _name_pairs(config, architecture))
     if architecture == "BertForMaskedLM":
-        decoder = weights.pop("cls.predictions.decoder.weight", None)
-        if decoder is not None and not np.array_equal(decoder,
-                                                      values["bert/token_embed/embedding"]):
-            raise ValueError("cls.predictions.decoder.weight differs from the word embeddings; "
-                             "untied masked-LM decoders are not supported")
+        drop_tied_copy(weights, "cls.predictions.decoder.weight",
+                       values["bert/token_embed/embedding"], "the word embeddings")
         weights.pop("cls.predictions.decoder.bias", None)  # the same tensor as predictions.bias
         for name in ("weight", "bias"):  # an unused pooler some MLM checkpoints carry
             weights.pop(f"bert.pooler.dense.{name}", None)
-    check_all_used(weights, _IGNORABLE)
-    assign_params(model, values)
-    return model
+    return build_model(ARCHITECTURES[architecture], config, values, weights, _IGNORABLE)
 
 
 def load_hf_bert(directory: str | os.PathLike[str], architecture: str | None = None):
@@ -187,10 +178,7 @@ def save_hf_bert(model, directory: str | os.PathLike[str]) -> Path:
     if config.pre_norm or config.head_dim not in (None, config.embed_dim // config.num_heads):
         raise ValueError("only post-norm BERT with head_dim = embed_dim / num_heads has a "
                          "Hugging Face equivalent")
-    params = read_params(model)
-    weights = {}
-    for hf, ours, transpose in _name_pairs(config, architecture):
-        weights[hf] = params[ours].T if transpose else params[ours]
+    weights = weights_from_table(read_params(model), _name_pairs(config, architecture))
     hf_config = {
         "architectures": [architecture], "model_type": "bert",
         "vocab_size": config.vocab_size, "max_position_embeddings": config.max_seq_len,

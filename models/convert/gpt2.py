@@ -17,13 +17,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from flax import nnx
 
 from flaxzoo.models.convert.hf_io import (
     ACTIVATION_FROM_HF,
     ACTIVATION_TO_HF,
-    assign_params,
-    check_all_used,
+    build_model,
+    drop_tied_copy,
     read_hf_config,
     read_hf_weights,
     read_params,
@@ -100,14 +99,9 @@ def gpt2_from_hf_weights(weights: dict[str, np.ndarray], config: GPTConfig) -> G
         for hf_name, our_name in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
             values[f"{ours}/{our_name}/scale"] = take(weights, f"{hf}.{hf_name}.weight")
             values[f"{ours}/{our_name}/bias"] = take(weights, f"{hf}.{hf_name}.bias")
-    head = weights.pop("lm_head.weight", None)
-    if head is not None and not np.array_equal(head, values["token_embed/embedding"]):
-        raise ValueError("lm_head.weight differs from transformer.wte.weight; untied output "
-                         "layers are not supported")
-    check_all_used(weights, _IGNORABLE)
-    model = GPT(config, rngs=nnx.Rngs(0))
-    assign_params(model, values)
-    return model
+    drop_tied_copy(weights, "lm_head.weight", values["token_embed/embedding"],
+                   "transformer.wte.weight")
+    return build_model(GPT, config, values, weights, _IGNORABLE)
 
 
 def load_hf_gpt2(directory: str | os.PathLike[str]) -> tuple[GPTConfig, GPT]:

@@ -135,3 +135,39 @@ def check_all_used(weights: Mapping[str, np.ndarray], ignorable: Iterable[str] =
     if left:
         raise ValueError(f"the checkpoint has {len(left)} tensors this architecture does not "
                          f"use, e.g. {left[:5]}; is it a different architecture?")
+
+
+def values_from_table(weights: dict[str, np.ndarray],
+                      pairs: Iterable[tuple[str, str, bool]]) -> dict[str, np.ndarray]:
+    """Takes each (Hugging Face name, flaxzoo path, transposed?) tensor out of `weights`."""
+    values = {}
+    for hf_name, path, transpose in pairs:
+        value = take(weights, hf_name)
+        values[path] = value.T if transpose else value
+    return values
+
+
+def weights_from_table(params: Mapping[str, np.ndarray],
+                       pairs: Iterable[tuple[str, str, bool]]) -> dict[str, np.ndarray]:
+    """The inverse of `values_from_table`: Hugging Face tensors from flaxzoo parameters."""
+    return {hf_name: params[path].T if transpose else params[path]
+            for hf_name, path, transpose in pairs}
+
+
+def drop_tied_copy(weights: dict[str, np.ndarray], name: str, embedding: np.ndarray,
+                   embedding_name: str) -> None:
+    """Removes a tensor that must be a copy of the embedding (a tied output layer), and
+    refuses one that is not."""
+    copy = weights.pop(name, None)
+    if copy is not None and not np.array_equal(copy, embedding):
+        raise ValueError(f"{name} differs from {embedding_name}; untied output layers are not "
+                         f"supported for this architecture or config")
+
+
+def build_model(model_cls, config, values: Mapping[str, np.ndarray],
+                left: Mapping[str, np.ndarray], ignorable: Iterable[str] = ()):
+    """`model_cls(config)` holding `values`, once no unused tensor is `left`."""
+    check_all_used(left, ignorable)
+    model = model_cls(config, rngs=nnx.Rngs(0))
+    assign_params(model, values)
+    return model

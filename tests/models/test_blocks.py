@@ -9,7 +9,6 @@ additive relative-position bias, cross-attention and ReLU / gated-GELU feedforwa
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

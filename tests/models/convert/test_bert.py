@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxzoo.models import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+from flaxzoo.models import BertConfig, BertModel
 from flaxzoo.models.convert import bert_config_from_hf, load_hf_bert, save_hf_bert
 
 torch = pytest.importorskip("torch")
