@@ -4,6 +4,7 @@ Public API (the `flaxzoo` command line calls the same functions):
     load_shakespeare(), load_plays(), read_text_file(path), split_train_val(text)
     sample_batch(token_ids, *, step, batch_size, seq_len, seed), eval_batches(...)
     CharTokenizer: character vocabulary with an explicit unknown-character policy
+    SubwordTokenizer, train_byte_level_bpe: tokenizer.json WordPiece/BPE, trained BPE
     TrainState, Batch, OptimizerConfig, make_optimizer, learning_rate_schedule,
     init_train_state, next_token_loss, make_train_step, make_eval_step
     save_checkpoint, restore_train_state, restore_params, load_metadata, latest_step
@@ -20,6 +21,7 @@ from flaxzoo.train.loop import RunConfig, RunResult, train
 from flaxzoo.train.steps import (Batch, OptimizerConfig, TrainState, init_train_state,
                                  learning_rate_schedule, make_eval_step, make_optimizer,
                                  make_train_step, next_token_loss)
+from flaxzoo.train.subword import SubwordTokenizer, train_byte_level_bpe
 from flaxzoo.train.tokenizer import CharTokenizer
 
 __all__ = [
@@ -29,4 +31,5 @@ __all__ = [
     "load_model", "load_plays", "load_shakespeare", "make_eval_step", "make_optimizer",
     "make_train_step", "next_token_loss", "read_text_file", "restore_params",
     "restore_train_state", "sample_batch", "save_checkpoint", "split_train_val", "train",
+    "SubwordTokenizer", "train_byte_level_bpe",
 ]
