@@ -1,7 +1,7 @@
-"""The `flaxzoo` command line: `flaxzoo train` and `flaxzoo generate`.
+"""The `flaxzoo` command line: `flaxzoo train`, `flaxzoo task` and `flaxzoo generate`.
 
 Flags map one to one onto library calls (`train.loop.RunConfig`/`train`,
-`train.generate.generate_text`). Bad input prints one line to stderr and exits
+`train.tasks.TaskRunConfig`/`run_task` with a task, `train.generate.generate_text`). Bad input prints one line to stderr and exits
 with status 2, without a traceback.
 """
 
@@ -13,6 +13,8 @@ import sys
 from typing import Sequence
 
 from flaxzoo.models import PRESETS
+
+TASKS = ("mlm", "genre", "pronounce")
 
 EXIT_BAD_INPUT = 2
 
@@ -28,6 +30,8 @@ _FLAG_OF_ARGUMENT = {
     "weight_decay": "--weight-decay", "dropout_rate": "--dropout", "out_dir": "--out",
     "seed": "--seed", "eval_every": "--eval-every", "checkpoint_every": "--checkpoint-every",
     "max_new_tokens": "--new-tokens", "temperature": "--temperature", "top_k": "--top-k",
+    "vocab_size": "--vocab-size", "label_smoothing": "--label-smoothing",
+    "init_from": "--init-from",
 }
 
 
@@ -77,6 +81,26 @@ def _build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
 
+    task = commands.add_parser("task", help="train a BERT or T5 task on real data")
+    task.add_argument("task", choices=TASKS,
+                      help="mlm: masked-LM BERT on Shakespeare; genre: which genre a passage "
+                           "is from (held-out plays); pronounce: T5 spelling -> CMUdict phonemes")
+    task.add_argument("--preset", default="small", help="tiny or small")
+    task.add_argument("--steps", type=int, default=1000)
+    task.add_argument("--batch-size", type=int, default=32)
+    task.add_argument("--seq-len", type=int, default=128, help="tokens per passage (mlm, genre)")
+    task.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary (mlm, genre)")
+    task.add_argument("--learning-rate", "--lr", type=float, default=1e-3)
+    task.add_argument("--warmup-steps", type=int, default=100)
+    task.add_argument("--weight-decay", type=float, default=0.01)
+    task.add_argument("--label-smoothing", type=float, default=0.1, help="pronounce only")
+    task.add_argument("--init-from", default=None,
+                      help="genre only: start the encoder from this mlm run's --out")
+    task.add_argument("--out", default=None, help="output directory (default runs/<task>)")
+    task.add_argument("--seed", type=int, default=0)
+    task.add_argument("--eval-every", type=int, default=0)
+    task.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+
     gen = commands.add_parser("generate", help="continue a prompt with a trained model")
     gen.add_argument("--checkpoint", required=True, help="a run directory (the --out of train)")
     gen.add_argument("--prompt", required=True)
@@ -106,6 +130,30 @@ def _train(args) -> None:
     print(f"metrics: {result.metrics_path}")
 
 
+def _task(args) -> None:
+    from flaxzoo.train.tasks import (GenreTask, MaskedLMTask, PronunciationTask, TaskRunConfig,
+                                     run_task)
+    from flaxzoo.train.tasks.runner import check_out_dir, json_line
+
+    if args.init_from is not None and args.task != "genre":
+        raise _UsageError("flaxzoo: error: --init-from is only for the genre task")
+    run = TaskRunConfig(steps=args.steps, batch_size=args.batch_size,
+                        learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+                        weight_decay=args.weight_decay, seed=args.seed,
+                        out_dir=args.out or f"runs/{args.task}", eval_every=args.eval_every,
+                        overwrite=args.overwrite)
+    check_out_dir(run)  # before the task builds its tokenizer and data
+    common = dict(preset=args.preset, batch_size=args.batch_size, seed=args.seed)
+    if args.task == "mlm":
+        task = MaskedLMTask(seq_len=args.seq_len, vocab_size=args.vocab_size, **common)
+    elif args.task == "genre":
+        task = GenreTask(seq_len=args.seq_len, vocab_size=args.vocab_size,
+                         init_from=args.init_from, **common)
+    else:
+        task = PronunciationTask(label_smoothing=args.label_smoothing, **common)
+    print(json_line(run_task(task, run)))
+
+
 def _generate(args) -> None:
     from flaxzoo.train.generate import generate_text, load_model
 
@@ -118,7 +166,7 @@ def _generate(args) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
-        {"train": _train, "generate": _generate}[args.command](args)
+        {"train": _train, "task": _task, "generate": _generate}[args.command](args)
     except _UsageError as err:
         print(err, file=sys.stderr)
         return EXIT_BAD_INPUT
