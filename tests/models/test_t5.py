@@ -158,3 +158,23 @@ def test_published_shapes_by_eval_shape(preset, count):
     abstract = nnx.eval_shape(lambda: T5(T5Config.preset(preset), rngs=nnx.Rngs(0)))
     params = nnx.state(abstract, nnx.Param)
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) == count
+
+
+def test_decoder_causality_by_gradient():
+    # Decoder tokens after t use ids found nowhere else, so the gradient of the loss at
+    # t with respect to those embedding rows measures dependence on the future alone
+    # (untied, so the output layer adds no gradient to the embedding).
+    model = T5(T5Config.tiny(tie_word_embeddings=False), rngs=nnx.Rngs(0))
+    inputs = jnp.array([[2, 3, 4, 5]])
+    decoder_inputs = jnp.array([[0, 6, 7, 8, 20, 21, 22]])
+    t = 3
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def loss_at_t(params):
+        logits = nnx.merge(graphdef, params)(inputs, decoder_inputs)
+        return -jax.nn.log_softmax(logits[0, t])[9]
+
+    grads = jax.grad(loss_at_t)(params)
+    rows = np.linalg.norm(np.asarray(grads["token_embed"]["embedding"][...]), axis=-1)
+    assert np.all(rows[[20, 21, 22]] == 0.0)
+    assert np.all(rows[[2, 3, 4, 5, 6, 7, 8]] > 0.0)
