@@ -12,6 +12,8 @@ Position schemes (`GPTConfig.position`):
   "sinusoidal"  the fixed table of `layers.sinusoidal_positions` added instead;
   "rotary"      queries and keys rotated in every layer (`layers.apply_rope`);
   "alibi"       a per-head linear bias on the logits (`layers.alibi_bias`);
+  "relative"    T5's learned bias per relative-position bucket and head, one table
+                shared by all layers (`layers.relative_position_bias`, causal buckets);
   "none"        no positions at all (the causal mask alone orders tokens).
 """
 
@@ -22,6 +24,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flaxzoo.layers import (
@@ -29,6 +32,8 @@ from flaxzoo.layers import (
     alibi_slopes,
     causal_mask,
     padding_mask,
+    relative_position_bias,
+    relative_position_bucket,
     sinusoidal_positions,
 )
 from flaxzoo.models.blocks import (
@@ -42,7 +47,7 @@ from flaxzoo.models.blocks import (
 from flaxzoo.models.cache import KVCache, init_kv_cache, write_slots
 from flaxzoo.models.config import StackConfig, check_positive_ints
 
-POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "none")
+POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "relative", "none")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,6 +66,10 @@ class GPTConfig(StackConfig):
     """Base of the rotary frequencies (position="rotary" only)."""
     rope_layout: str = "half"
     """"half" or "interleaved" channel pairing (position="rotary" only)."""
+    relative_num_buckets: int = 32
+    """T5 relative-position buckets (position="relative" only)."""
+    relative_max_distance: int = 128
+    """Distances from here on share the last bucket (position="relative" only)."""
     activation: str = "gelu_tanh"
     """Feedforward activation, a name in `layers.ACTIVATIONS`."""
     gated_mlp: bool = False
@@ -76,13 +85,21 @@ class GPTConfig(StackConfig):
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self):
-        check_positive_ints(self, "vocab_size", "max_seq_len", "num_layers")
+        check_positive_ints(self, "vocab_size", "max_seq_len", "num_layers",
+                            "relative_num_buckets", "relative_max_distance")
         if self.position not in POSITIONS:
             raise ValueError(f"GPTConfig.position must be one of {POSITIONS}; "
                              f"got {self.position!r}")
         if self.rope_layout not in ROPE_LAYOUTS:
             raise ValueError(f"GPTConfig.rope_layout must be one of {ROPE_LAYOUTS}; "
                              f"got {self.rope_layout!r}")
+        if self.position == "relative":
+            try:  # the bucket options' own checks, under this config's name
+                relative_position_bucket(np.zeros((), np.int32), bidirectional=False,
+                                         num_buckets=self.relative_num_buckets,
+                                         max_distance=self.relative_max_distance)
+            except ValueError as error:
+                raise ValueError(f"GPTConfig.relative_{error}") from None
         if self.position == "sinusoidal" and self.embed_dim % 2:
             raise ValueError(f"GPTConfig.embed_dim must be even for sinusoidal positions; "
                              f"got {self.embed_dim}")
@@ -193,6 +210,9 @@ class GPT(nnx.Module):
                 default_init(rngs.params(), (config.max_seq_len, config.embed_dim)))
         else:
             self.position_embed = None
+        self.relative_bias = (nnx.Param(default_init(
+            rngs.params(), (config.relative_num_buckets, config.num_heads)))
+            if config.position == "relative" else None)
         self.embed_dropout = nnx.Dropout(config.dropout_rate)
         block_config = config.block_config()
         self.blocks = nnx.List([Block(block_config, num_layers=config.num_layers, rngs=rngs)
@@ -276,6 +296,11 @@ class GPT(nnx.Module):
         bias_BNTS = None
         if config.position == "alibi":
             bias_BNTS = alibi_bias(alibi_slopes(config.num_heads), positions_BT, key_positions_BS)
+        elif config.position == "relative":
+            bias_BNTS = relative_position_bias(
+                self.relative_bias[...], positions_BT, key_positions_BS, bidirectional=False,
+                num_buckets=config.relative_num_buckets,
+                max_distance=config.relative_max_distance)
 
         new_layers, weights = [], []
         for block, layer_cache in zip(self.blocks, layer_caches):

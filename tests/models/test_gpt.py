@@ -174,6 +174,8 @@ VARIANTS = {
     "rotary_interleaved_mqa": GPTConfig.tiny(position="rotary", rope_layout="interleaved",
                                              num_kv_heads=1),
     "alibi_head_dim_6": GPTConfig.tiny(position="alibi", head_dim=6),
+    "relative_t5_bias": GPTConfig.tiny(position="relative", relative_num_buckets=8,
+                                       relative_max_distance=10),
     "none_rms_swiglu": GPTConfig.tiny(position="none", norm="rms_norm", activation="silu",
                                       gated_mlp=True, use_bias=False),
 }
@@ -216,7 +218,7 @@ def test_relative_schemes_ignore_a_shift_of_all_positions(variant):
     tokens, positions = _batch(length=8)
     a, _ = model(tokens, positions)
     b, _ = model(tokens, positions + 5)
-    if config.position in ("rotary", "alibi", "none"):
+    if config.position in ("rotary", "alibi", "relative", "none"):
         np.testing.assert_allclose(a, b, atol=1e-4, err_msg=name)
     else:
         assert not np.allclose(a, b, atol=1e-4), name
@@ -235,6 +237,9 @@ def test_every_layer_returns_per_head_weights(variant):
 @pytest.mark.parametrize("overrides, field", [
     (dict(position="absolute"), "position"),
     (dict(position="rotary", rope_layout="zigzag"), "rope_layout"),
+    (dict(position="relative", relative_num_buckets=1), "relative_num_buckets"),
+    (dict(position="relative", relative_max_distance=4, relative_num_buckets=16),
+     "relative_max_distance"),
     (dict(num_kv_heads=3), "num_kv_heads"),
     (dict(norm="batch_norm"), "norm"),
     (dict(activation="relu", gated_mlp=True), "activation"),
