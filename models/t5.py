@@ -74,12 +74,21 @@ class T5Config(StackConfig):
     pad_id: int = 0
     decoder_start_id: int = 0
     """The token that starts every decoder input (T5 uses the pad id)."""
+    initialisation: str = "t5"
+    """"t5": T5's scheme, which stands in for the missing 1/sqrt(H) (queries
+    N(0, (D H)^-1), keys, values and feedforward inputs N(0, 1/D), outputs
+    N(0, 1/(N H)) and N(0, 1/F), relative bias N(0, 1/D), embeddings N(0, 1));
+    "normal": N(0, 0.02) everywhere (with 1/sqrt(H) attention, as the original
+    Transformer preset uses)."""
 
     def __post_init__(self):
         check_positive_ints(self, "vocab_size", "max_seq_len", "num_layers",
                             "relative_num_buckets", "relative_max_distance")
         if self.num_decoder_layers is not None:
             check_positive_ints(self, "num_decoder_layers")
+        if self.initialisation not in ("t5", "normal"):
+            raise ValueError(f"T5Config.initialisation must be 't5' or 'normal'; "
+                             f"got {self.initialisation!r}")
         if self.position not in T5_POSITIONS:
             raise ValueError(f"T5Config.position must be one of {T5_POSITIONS}; "
                              f"got {self.position!r}")
@@ -139,7 +148,8 @@ class T5Config(StackConfig):
                              num_heads=8, embed_dim=512, mlp_dim=2048, position="sinusoidal",
                              norm="layer_norm", pre_norm=False, use_bias=True,
                              attention_scale=None, scale_tied_logits=False,
-                             scale_input_embeddings=True, layer_norm_epsilon=1e-5),
+                             scale_input_embeddings=True, layer_norm_epsilon=1e-5,
+                             initialisation="normal"),
                       **overrides})
 
 
@@ -206,6 +216,33 @@ class T5Stack(nnx.Module):
         return x_BTD, tuple(new_caches), stack(self_weights), stack(cross_weights)
 
 
+def _t5_initialise(model: T5, rngs: nnx.Rngs) -> None:
+    """Redraws the weights with T5's scheme (see `T5Config.initialisation`)."""
+    config = model.config
+    D, N, F = config.embed_dim, config.num_heads, config.mlp_dim
+    H = config.block_config(cross_attention=True).head_size
+
+    def draw(param: nnx.Param, std: float) -> None:
+        param[...] = std * jax.random.normal(rngs.params(), param.shape, param[...].dtype)
+
+    for stack in (model.encoder, model.decoder):
+        if stack.relative_bias is not None:
+            draw(stack.relative_bias, D ** -0.5)
+        for block in stack.blocks:
+            for attn in (block.attn, block.cross_attn):
+                if attn is not None:
+                    draw(attn.query.kernel, (D * H) ** -0.5)
+                    draw(attn.key.kernel, D ** -0.5)
+                    draw(attn.value.kernel, D ** -0.5)
+                    draw(attn.out.kernel, (N * H) ** -0.5)
+            for dense in (block.mlp.fc, block.mlp.up):
+                if dense is not None:
+                    draw(dense.kernel, D ** -0.5)
+            draw(block.mlp.proj.kernel, F ** -0.5)
+    if model.lm_head is not None:
+        draw(model.lm_head.kernel, 1.0)
+
+
 def _check_tokens(config: T5Config, name: str, tokens, valid, positions=None) -> None:
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"{name} must be integers of shape [batch, length]; "
@@ -234,6 +271,8 @@ class T5(nnx.Module):
                         nnx.Linear(config.embed_dim, config.vocab_size, use_bias=False,
                                    kernel_init=default_init, rngs=rngs))
         self.embed_dropout = nnx.Dropout(config.dropout_rate)
+        if config.initialisation == "t5":
+            _t5_initialise(self, rngs)
 
     def _embed(self, tokens_BT, positions_BT, rngs):
         config = self.config

@@ -136,7 +136,7 @@ def test_bad_input_errors_name_the_argument():
 
 @pytest.mark.parametrize("field, value", [("position", "rotary"), ("num_heads", 3),
                                           ("decoder_start_id", 32), ("activation", "tanh"),
-                                          ("num_decoder_layers", 0)])
+                                          ("num_decoder_layers", 0), ("initialisation", "xavier")])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=rf"T5Config\..*\b{field}\b"):
         T5Config.tiny(**{field: value})
@@ -178,3 +178,20 @@ def test_decoder_causality_by_gradient():
     rows = np.linalg.norm(np.asarray(grads["token_embed"]["embedding"][...]), axis=-1)
     assert np.all(rows[[20, 21, 22]] == 0.0)
     assert np.all(rows[[2, 3, 4, 5, 6, 7, 8]] > 0.0)
+
+
+def test_t5_initialisation_follows_the_published_scheme():
+    config = T5Config.tiny(embed_dim=64, num_heads=4, mlp_dim=128, tie_word_embeddings=False)
+    model = T5(config, rngs=nnx.Rngs(0))
+    D, H, F = 64, 16, 128
+    block = model.decoder.blocks[0]
+    for param, std in ((block.attn.query.kernel, (D * H) ** -0.5),
+                       (block.cross_attn.key.kernel, D ** -0.5),
+                       (block.attn.out.kernel, (4 * H) ** -0.5),
+                       (block.mlp.proj.kernel, F ** -0.5), (model.lm_head.kernel, 1.0),
+                       (model.token_embed.embedding, 1.0),
+                       (model.encoder.relative_bias, D ** -0.5)):
+        assert np.std(np.asarray(param[...])) == pytest.approx(std, rel=0.2)
+    normal = T5(dataclasses.replace(config, initialisation="normal"), rngs=nnx.Rngs(0))
+    assert np.std(np.asarray(normal.decoder.blocks[0].attn.query.kernel[...])) == pytest.approx(
+        0.02, rel=0.2)
