@@ -125,13 +125,13 @@ class GPTConfig(StackConfig):
 
     @property
     def kv_heads(self) -> int:
-        """K, with the default resolved."""
-        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+        """K, with the default resolved (as the blocks resolve it)."""
+        return self.block_config().kv_heads
 
     @property
     def head_size(self) -> int:
-        """H, with the default resolved."""
-        return self.embed_dim // self.num_heads if self.head_dim is None else self.head_dim
+        """H, with the default resolved (as the blocks resolve it)."""
+        return self.block_config().head_size
 
     # Named sizes. vocab_size comes from the tokenizer, so every preset takes it.
     @classmethod

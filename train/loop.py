@@ -129,7 +129,7 @@ def _check_out_dir(config: RunConfig) -> tuple[Path, int | None]:
     return out, existing if config.resume else None
 
 
-def _make_out_dir(out: Path, *, overwrite: bool) -> None:
+def make_out_dir(out: Path, *, overwrite: bool) -> None:
     """Creates `out`, first removing the old run there when overwriting.
 
     Called only once every input has been checked, so a bad data file or
@@ -177,7 +177,7 @@ def train(config: RunConfig, *, log: TextIO = sys.stderr) -> RunResult:
                                  warmup_steps=config.warmup_steps,
                                  weight_decay=config.weight_decay)
     optimizer = make_optimizer(opt_config)
-    _make_out_dir(out, overwrite=config.overwrite)
+    make_out_dir(out, overwrite=config.overwrite)
     model = GPT(model_config, rngs=nnx.Rngs(config.seed))
     graphdef, state = init_train_state(model, optimizer, config.seed)
     if resume_step is not None:

@@ -1,10 +1,8 @@
 """Training tasks: data splits, evaluation, and a few steps that lower each loss."""
 
-import dataclasses
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

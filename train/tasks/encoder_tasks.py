@@ -193,9 +193,10 @@ class GenreTask:
             if meta.run_config.get("task") != "mlm":
                 raise ValueError(f"init_from {self.init_from} is not a masked-LM run")
             self.tokenizer = SubwordTokenizer.from_json(meta.tokenizer_json)
-            mlm_config = BertConfig.from_dict(meta.model_config)
-            self.model_config = dataclasses.replace(mlm_config, num_labels=len(self.genres))
-            self.seq_len = mlm_config.max_seq_len
+            self.mlm_config = BertConfig.from_dict(meta.model_config)
+            self.model_config = dataclasses.replace(self.mlm_config,
+                                                    num_labels=len(self.genres))
+            self.seq_len = self.mlm_config.max_seq_len
         else:
             self.tokenizer = train_byte_level_bpe([p.text for p in self.train_plays],
                                                   vocab_size=self.vocab_size)
@@ -230,8 +231,7 @@ class GenreTask:
         if self.init_from is not None:
             from flaxzoo.models.convert.hf_io import assign_params, read_params
 
-            mlm = BertForMaskedLM(BertConfig.from_dict(ckpt.load_metadata(
-                f"{self.init_from}/checkpoint").model_config), rngs=nnx.Rngs(0))
+            mlm = BertForMaskedLM(self.mlm_config, rngs=nnx.Rngs(0))
             _, abstract = nnx.split(mlm, nnx.Param)
             nnx.update(mlm, ckpt.restore_params(f"{self.init_from}/checkpoint", abstract))
             encoder = read_params(mlm.bert)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -19,17 +18,21 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from flaxzoo.train import checkpoint as ckpt
+from flaxzoo.train.loop import CHECKPOINT_DIR, METRICS_FILE, make_out_dir
 from flaxzoo.train.progress import ProgressBar, append_metrics
-from flaxzoo.train.steps import OptimizerConfig, TrainState, learning_rate_schedule, make_optimizer
+from flaxzoo.train.steps import (
+    OptimizerConfig,
+    TrainState,
+    init_train_state,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
-CHECKPOINT_DIR = "checkpoint"
-METRICS_FILE = "metrics.jsonl"
 
 
 class Task(Protocol):
@@ -93,11 +96,7 @@ def run_task(task: Task, run: TaskRunConfig, *, log: TextIO = sys.stderr) -> dic
                                  warmup_steps=run.warmup_steps, weight_decay=run.weight_decay)
     optimizer = make_optimizer(opt_config)
     schedule = learning_rate_schedule(opt_config)
-    model = task.init_model(nnx.Rngs(run.seed))
-    graphdef, params = nnx.split(model, nnx.Param)
-    state = TrainState(params=params, opt_state=optimizer.init(params),
-                       step=jnp.zeros((), jnp.int32),
-                       rng=jax.random.key_data(jax.random.key(run.seed)))
+    graphdef, state = init_train_state(task.init_model(nnx.Rngs(run.seed)), optimizer, run.seed)
 
     def train_step(state: TrainState, batch):
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -120,11 +119,7 @@ def run_task(task: Task, run: TaskRunConfig, *, log: TextIO = sys.stderr) -> dic
 
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     log.write(f"task {task.name}: {num_params:,} parameters; {task.describe()}\n")
-    if out.exists() and run.overwrite:
-        for name in (CHECKPOINT_DIR, METRICS_FILE):
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out, overwrite=run.overwrite)
     metrics_path = out / METRICS_FILE
     bar = ProgressBar(run.steps, stream=log)
     started = time.perf_counter()
