@@ -1,52 +1,49 @@
-"""Greedy decoding and sampling: prefill once, then one `lax.scan` over new tokens.
+"""Greedy decoding and sampling: prefill once, then one loop over new tokens.
 
 Dimension key: B batch, P prompt length, T tokens per step call (P at prefill, then 1),
 L new tokens (max_new_tokens), V vocab.
 
-The decoder talks to a model only through a step function
+Schedule: one step call with the whole prompt (`decoding.prefill`); its logits after
+each row's last real token give new token 0. Then L - 1 calls, each feeding the latest
+token `[B, 1]` at the row's next position and choosing the token after it. The last new
+token is never fed back, so the cache needs room for P + L - 1 tokens.
 
-    step_fn(tokens_BT, cache, positions_BT, context) -> (logits_BTV, cache)
+Every row carries a `done` flag: a row that emits `eos_id` is done, and from then on
+emits `pad_id` only. An EOS inside the prompt does not count. The loop is a
+`lax.scan` of static length L - 1, or with `early_exit` a `lax.while_loop` that stops
+once every row is done; both give the same tokens.
 
-`tokens_BT` and `positions_BT` are int32, positions absolute. `cache` is any pytree the
-step function understands (the decoder only threads it); `context` is any pytree (or
-None) passed through unchanged, e.g. an encoder output, or the model parameters.
-
-Schedule: one call with the whole prompt `[B, P]` at positions `0..P-1` (prefill); its
-logits at the last prompt position give new token 0. Then `lax.scan` runs L-1 calls,
-each feeding the latest token `[B, 1]` at positions P, P+1, ..., P+L-2 and sampling the
-next. The last new token is never fed back, so there is no wasted forward pass, and the
-cache needs room for P + L - 1 positions.
-
-`sample` and `greedy` are pure and traceable: call them inside your own `jax.jit`, for
-example a model's generate function that builds `step_fn` from parameters that are
-arguments of that jit. `make_generate_fn` is the stand-alone jitted form.
+`sample` and `greedy` are pure and traceable: call them inside your own `jax.jit`
+(for example a model's generate function whose parameters are arguments of that jit).
+`decoding.make_generate_fn` is the stand-alone jitted form.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from flaxzoo.decoding.config import SamplingConfig
+from flaxzoo.decoding.prefill import StepFn, call_step, prefill, seen_in_prompt
 from flaxzoo.decoding.processors import (
-    _check_temperature,
-    _check_top_k,
-    _static_int,
+    _check_token_id,
+    repetition_penalty,
     sample_next_token,
+    seen_tokens,
+    suppress_token,
 )
 
-__all__ = ["StepFn", "SamplingState", "sample", "greedy", "make_generate_fn"]
-
-StepFn = Callable[[jax.Array, Any, jax.Array, Any], tuple[jax.Array, Any]]
-"""`step_fn(tokens_BT, cache, positions_BT, context) -> (logits_BTV, cache)`."""
+__all__ = ["SamplingState", "SampleOutput", "sample", "greedy"]
 
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["cache", "token_B", "position_B", "rng"],
+    data_fields=["cache", "token_B", "position_B", "num_generated", "tokens_BL", "done_B",
+                 "seen_BV", "rng"],
     meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +52,36 @@ class SamplingState:
 
     Attributes:
       cache: the step function's cache, holding every token before `token_B`.
-      token_B: int32 [B], the latest sampled token; not yet in the cache.
-      position_B: int32 [B], absolute position of `token_B` (one per row, so that
-        rows can later start at different positions).
+      token_B: int32 [B], the latest new token; not yet in the cache.
+      position_B: int32 [B], the position of `token_B` in its row.
+      num_generated: int32 scalar, new tokens chosen so far (`token_B` included).
+      tokens_BL: int32 [B, L], the new tokens so far, `pad_id` after them.
+      done_B: bool [B], the row has emitted EOS.
+      seen_BV: bool [B, V], tokens in the prompt or output (repetition penalty only;
+        else None).
       rng: PRNG key for the draws still to come; None when decoding greedily.
     """
 
     cache: Any
     token_B: jax.Array
     position_B: jax.Array
+    num_generated: jax.Array
+    tokens_BL: jax.Array
+    done_B: jax.Array
+    seen_BV: jax.Array | None
     rng: jax.Array | None
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["tokens_BL", "lengths_B"], meta_fields=[]
+)
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+    """tokens_BL: int32 [B, L] new tokens (`pad_id` after a row's EOS);
+    lengths_B: int32 [B], new tokens up to and including EOS (L if none)."""
+
+    tokens_BL: jax.Array
+    lengths_B: jax.Array
 
 
 def _split(rng: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
@@ -75,133 +92,128 @@ def _split(rng: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
     return carry, draw
 
 
-def _check_prompt(prompt_BP: jax.Array) -> jax.Array:
-    prompt_BP = jnp.asarray(prompt_BP)
-    if prompt_BP.ndim != 2 or prompt_BP.shape[0] < 1 or prompt_BP.shape[1] < 1:
-        raise ValueError(
-            f"prompt_BP must have shape [B, P] with B >= 1 and P >= 1; "
-            f"got shape {prompt_BP.shape}"
-        )
-    if not jnp.issubdtype(prompt_BP.dtype, jnp.integer):
-        raise ValueError(f"prompt_BP must hold integer token ids; got dtype {prompt_BP.dtype}")
-    return prompt_BP.astype(jnp.int32)
-
-
-def _check_config(
-    max_new_tokens: object, temperature: object, top_k: object
-) -> tuple[int, float, int | None]:
-    """Validates the static options; returns them normalised."""
-    n = _static_int("max_new_tokens", max_new_tokens)
-    if n < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
-    return n, _check_temperature(temperature, allow_zero=True), _check_top_k(top_k)
-
-
-def _check_logits(logits_BTV: jax.Array, tokens_BT: jax.Array) -> None:
-    shape = jnp.shape(logits_BTV)
-    if len(shape) != 3 or shape[:2] != tokens_BT.shape:
-        b, t = tokens_BT.shape
-        raise ValueError(
-            f"step_fn must return logits of shape [B, T, V] = [{b}, {t}, V] for tokens "
-            f"of shape {tokens_BT.shape}; got shape {shape}"
-        )
-
-
-def _shapes(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
-
-
-def _check_same_cache(cache_in: Any, cache_out: Any) -> None:
-    """The scan carry must keep its type: same tree, shapes and dtypes."""
-    spec_in, spec_out = _shapes(cache_in), _shapes(cache_out)
-    if jax.tree.structure(spec_in) != jax.tree.structure(spec_out) or any(
-        (a.shape, a.dtype) != (b.shape, b.dtype)
-        for a, b in zip(jax.tree.leaves(spec_in), jax.tree.leaves(spec_out))
-    ):
-        raise ValueError(
-            "step_fn must return a cache with the structure, shapes and dtypes of the "
-            f"cache it was given; given {spec_in}, returned {spec_out}"
-        )
-
-
-def _decode_step(
-    step_fn: StepFn,
-    state: SamplingState,
-    context: Any,
-    *,
-    temperature: float,
-    top_k: int | None,
-) -> SamplingState:
-    """Feeds `state.token_B` at `state.position_B` and samples the token after it."""
-    tokens_B1 = state.token_B[:, None]
-    logits_B1V, cache = step_fn(tokens_B1, state.cache, state.position_B[:, None], context)
-    _check_logits(logits_B1V, tokens_B1)
-    _check_same_cache(state.cache, cache)
+def _choose(logits_BV: jax.Array, state: SamplingState, config: SamplingConfig
+            ) -> tuple[jax.Array, jax.Array | None]:
+    """The processors, then one token per row (pad for rows already done)."""
+    if config.repetition_penalty != 1.0:
+        logits_BV = repetition_penalty(logits_BV, state.seen_BV, config.repetition_penalty)
+    if config.min_new_tokens > 0:
+        logits_BV = suppress_token(logits_BV, config.eos_id,
+                                   state.num_generated < config.min_new_tokens)
     rng, draw_rng = _split(state.rng)
-    token_B = sample_next_token(
-        logits_B1V[:, 0], draw_rng, temperature=temperature, top_k=top_k
-    )
-    return SamplingState(
-        cache=cache, token_B=token_B, position_B=state.position_B + 1, rng=rng
-    )
+    token_B = sample_next_token(logits_BV, draw_rng, temperature=config.temperature,
+                                top_k=config.top_k, top_p=config.top_p)
+    return jnp.where(state.done_B, config.pad_id, token_B).astype(jnp.int32), rng
+
+
+def _emit(state: SamplingState, token_B: jax.Array, rng: jax.Array | None,
+          config: SamplingConfig) -> SamplingState:
+    """Appends `token_B` to the output and updates done / seen."""
+    tokens_BL = jax.lax.dynamic_update_slice(state.tokens_BL, token_B[:, None],
+                                             (0, state.num_generated))
+    done_B = state.done_B
+    if config.eos_id is not None:
+        done_B = done_B | (token_B == config.eos_id)
+    seen_BV = state.seen_BV
+    if seen_BV is not None:
+        seen_BV = seen_tokens(token_B[:, None], seen_BV.shape[1], seen_BV=seen_BV)
+    return dataclasses.replace(state, token_B=token_B, num_generated=state.num_generated + 1,
+                               tokens_BL=tokens_BL, done_B=done_B, seen_BV=seen_BV, rng=rng)
+
+
+def _check_vocab(config, vocab_size: int) -> None:
+    """Token ids of the config against the vocabulary, once V is known."""
+    _check_token_id(f"{type(config).__name__}.pad_id", config.pad_id, vocab_size)
+    if config.eos_id is not None:
+        _check_token_id(f"{type(config).__name__}.eos_id", config.eos_id, vocab_size)
+
+
+def run_loop(body, cond, state, *, steps: int, early_exit: bool):
+    """`steps` applications of `body` (`lax.scan`), or a `lax.while_loop` that also
+    stops when `cond(state)` is False. `cond` must stay False once False and `body`
+    must not change the output after that, so both forms agree."""
+    if steps <= 0:
+        return state
+    if early_exit:
+        def keep_going(carry):
+            step, state = carry
+            return (step < steps) & cond(state)
+
+        def advance(carry):
+            step, state = carry
+            return step + 1, body(state)
+
+        return jax.lax.while_loop(keep_going, advance, (jnp.zeros((), jnp.int32), state))[1]
+    return jax.lax.scan(lambda s, _: (body(s), None), state, length=steps)[0]
 
 
 def sample(
     step_fn: StepFn,
     prompt_BP: jax.Array,
     cache: Any,
-    rng: jax.Array | None,
+    config: SamplingConfig,
     *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
+    rng: jax.Array | None = None,
+    prompt_valid_BP: jax.Array | None = None,
     context: Any = None,
-) -> jax.Array:
-    """Samples `max_new_tokens` tokens after the prompt. Pure; jit it from outside.
+) -> SampleOutput:
+    """Generates `config.max_new_tokens` tokens after each prompt. Pure; jit it from outside.
 
     Args:
-      step_fn: `(tokens_BT, cache, positions_BT, context) -> (logits_BTV, cache)`.
+      step_fn: `(tokens_BT, cache, positions_BT, context) -> (logits_BTV, cache)`;
+        see `decoding.prefill` for positions and padding.
       prompt_BP: int [B, P] prompt token ids, P >= 1 (cast to int32).
-      cache: the step function's initial cache, with room for P + L - 1 positions.
-      rng: PRNG key; may be None when `temperature == 0`.
-      max_new_tokens: L, a Python int >= 1.
-      temperature: Python float >= 0; 0 is greedy decoding.
-      top_k: None, or a Python int >= 1: sample among the k most likely tokens.
+      cache: the step function's initial cache, with room for P + L - 1 tokens.
+      config: a `SamplingConfig` (static: one program per config).
+      rng: PRNG key; may be None only when `config.temperature == 0`.
+      prompt_valid_BP: bool [B, P], False for padding (left padding is usual; any
+        layout works); default all True. Each row needs one real token.
       context: any pytree handed unchanged to every step call.
 
     Returns:
-      int32 [B, L] new token ids (the prompt is not included).
+      SampleOutput: tokens_BL int32 [B, L] (the prompt not included) and lengths_B.
     """
-    max_new_tokens, temperature, top_k = _check_config(max_new_tokens, temperature, top_k)
-    if temperature > 0 and rng is None:
-        raise ValueError("rng must be a PRNG key when temperature > 0; got None")
-    if temperature == 0:
+    if not isinstance(config, SamplingConfig):
+        raise TypeError(f"config must be a SamplingConfig, got {type(config).__name__}")
+    if config.is_greedy:
         rng = None  # Greedy draws no randomness; keep the loop state free of it.
-    prompt_BP = _check_prompt(prompt_BP)
-    batch, prompt_len = prompt_BP.shape
-
-    positions_BP = jnp.broadcast_to(
-        jnp.arange(prompt_len, dtype=jnp.int32), (batch, prompt_len)
-    )
-    logits_BPV, cache = step_fn(prompt_BP, cache, positions_BP, context)
-    _check_logits(logits_BPV, prompt_BP)
-    rng, draw_rng = _split(rng)
-    first_B = sample_next_token(
-        logits_BPV[:, -1], draw_rng, temperature=temperature, top_k=top_k
-    )
+    elif rng is None:
+        raise ValueError("rng must be a PRNG key when temperature > 0; got None")
+    logits_BV, cache, next_position_B = prefill(step_fn, prompt_BP, prompt_valid_BP, cache,
+                                                context)
+    batch, vocab_size = logits_BV.shape
+    _check_vocab(config, vocab_size)
+    max_new = config.max_new_tokens
+    seen_BV = None
+    if config.repetition_penalty != 1.0:
+        seen_BV = seen_in_prompt(prompt_BP, prompt_valid_BP, vocab_size)
     state = SamplingState(
         cache=cache,
-        token_B=first_B,
-        position_B=jnp.full((batch,), prompt_len, jnp.int32),
+        token_B=jnp.full((batch,), config.pad_id, jnp.int32),
+        position_B=next_position_B,
+        num_generated=jnp.zeros((), jnp.int32),
+        tokens_BL=jnp.full((batch, max_new), config.pad_id, jnp.int32),
+        done_B=jnp.zeros((batch,), jnp.bool_),
+        seen_BV=seen_BV,
         rng=rng,
     )
+    state = _emit(state, *_choose(logits_BV, state, config), config)
 
-    def body(state: SamplingState, _: None) -> tuple[SamplingState, jax.Array]:
-        state = _decode_step(step_fn, state, context, temperature=temperature, top_k=top_k)
-        return state, state.token_B
+    def body(state: SamplingState) -> SamplingState:
+        logits_B1V, cache = call_step(step_fn, state.token_B[:, None], state.cache,
+                                      state.position_B[:, None], context)
+        state = dataclasses.replace(state, cache=cache, position_B=state.position_B + 1)
+        return _emit(state, *_choose(logits_B1V[:, 0], state, config), config)
 
-    _, rest_LB = jax.lax.scan(body, state, length=max_new_tokens - 1)
-    return jnp.concatenate([first_B[:, None], rest_LB.T], axis=1)
+    state = run_loop(body, lambda s: ~jnp.all(s.done_B), state, steps=max_new - 1,
+                     early_exit=config.early_exit)
+    if config.eos_id is None:
+        lengths_B = jnp.full((batch,), max_new, jnp.int32)
+    else:
+        is_eos_BL = state.tokens_BL == config.eos_id
+        lengths_B = jnp.where(is_eos_BL.any(axis=1), jnp.argmax(is_eos_BL, axis=1) + 1,
+                              max_new).astype(jnp.int32)
+    return SampleOutput(tokens_BL=state.tokens_BL, lengths_B=lengths_B)
 
 
 def greedy(
@@ -210,65 +222,13 @@ def greedy(
     cache: Any,
     *,
     max_new_tokens: int,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    prompt_valid_BP: jax.Array | None = None,
     context: Any = None,
-) -> jax.Array:
-    """Greedy decoding: `sample` at temperature 0 (argmax each step, no rng).
-
-    Args and returns as `sample`: int [B, P] prompt in, int32 [B, L] new tokens out.
-    """
-    return sample(
-        step_fn,
-        prompt_BP,
-        cache,
-        None,
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
-        context=context,
-    )
-
-
-def make_generate_fn(
-    step_fn: StepFn,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-) -> Callable[..., jax.Array]:
-    """A jit-compiled `generate(prompt_BP, cache, rng=None, context=None) -> tokens_BL`.
-
-    The options are fixed here and checked now; the returned function keeps its own
-    compilation cache, so it compiles once per combination of shapes, dtypes and tree
-    structures of its four arguments and is reused for new values of the same shapes.
-    Keep the returned function and call it repeatedly.
-
-    Everything `step_fn` closes over is baked into the program as a constant: pass
-    parameters and other large arrays through `context`, which is a jit argument.
-
-    Args:
-      step_fn: `(tokens_BT, cache, positions_BT, context) -> (logits_BTV, cache)`.
-      max_new_tokens, temperature, top_k: as in `sample`.
-
-    Returns:
-      `generate(prompt_BP, cache, rng=None, context=None)` returning int32 [B, L];
-      `rng` may be None only when `temperature == 0`.
-    """
-    max_new_tokens, temperature, top_k = _check_config(max_new_tokens, temperature, top_k)
-
-    def generate(
-        prompt_BP: jax.Array,
-        cache: Any,
-        rng: jax.Array | None = None,
-        context: Any = None,
-    ) -> jax.Array:
-        return sample(
-            step_fn,
-            prompt_BP,
-            cache,
-            rng,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            context=context,
-        )
-
-    return jax.jit(generate)
+) -> SampleOutput:
+    """Greedy decoding: `sample` with `SamplingConfig(temperature=0, ...)`."""
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, eos_id=eos_id,
+                            pad_id=pad_id)
+    return sample(step_fn, prompt_BP, cache, config, prompt_valid_BP=prompt_valid_BP,
+                  context=context)
