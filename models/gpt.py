@@ -320,3 +320,15 @@ class GPT(nnx.Module):
         if return_weights:
             return logits_BTV, cache, jnp.stack(weights)
         return logits_BTV, cache
+
+    def decode_step(self, tokens_BT: jax.Array, cache: KVCache, positions_BT: jax.Array,
+                    context: None = None) -> tuple[jax.Array, KVCache]:
+        """The `flaxzoo.decoding` step function: `(logits [B, T, V], cache)`.
+
+        A token at a negative position is padding (`decoding.PAD_POSITION`): it is
+        written to the cache but no token ever attends to it. `context` is unused.
+        """
+        del context
+        positions_BT = jnp.asarray(positions_BT)
+        return self(tokens_BT, jnp.maximum(positions_BT, 0), cache=cache,
+                    valid_BT=positions_BT >= 0)

@@ -171,6 +171,17 @@ class DecodeCache:
     encoder_valid_BS: jax.Array
 
 
+@flax.struct.dataclass
+class EncoderContext:
+    """What every decoding step reads from the encoder: each decoder layer's
+    cross-attention keys and values ([B, S, N, H] each, computed once) and which
+    inputs are real, bool [B, S]. The `context` of `T5.decode_step`; every leaf leads
+    with the batch, so beam search can tile it."""
+
+    cross_kv: tuple[LayerKV, ...]
+    encoder_valid_BS: jax.Array
+
+
 class T5Stack(nnx.Module):
     """An encoder (bidirectional) or decoder (causal, cross-attending) stack of Blocks."""
 
@@ -300,22 +311,48 @@ class T5(nnx.Module):
             rngs=rngs)
         return EncoderOutput(encoded_BSD=encoded_BSD, valid_BS=valid_BS)
 
+    def init_self_cache(self, batch_size: int, max_len: int,
+                        dtype: jnp.dtype = jnp.float32) -> KVCache:
+        """An empty decoder self-attention cache of `max_len` slots."""
+        if not 1 <= max_len <= self.config.max_seq_len:
+            raise ValueError(f"max_len must lie in [1, {self.config.max_seq_len}] (max_seq_len); "
+                             f"got {max_len}")
+        return init_kv_cache(num_layers=self.config.decoder_layers, batch_size=batch_size,
+                             max_len=max_len, num_kv_heads=self.config.num_heads,
+                             head_dim=self.config.block_config(cross_attention=True).head_size,
+                             dtype=dtype)
+
+    def encoder_context(self, encoder_output: EncoderOutput) -> EncoderContext:
+        """Every decoder layer's cross-attention keys and values, computed now, once."""
+        cross_kv = tuple(block.cross_attn.cross_kv(encoder_output.encoded_BSD)
+                         for block in self.decoder.blocks)
+        return EncoderContext(cross_kv=cross_kv, encoder_valid_BS=encoder_output.valid_BS)
+
     def init_decode_cache(self, encoder_output: EncoderOutput, max_len: int,
                           dtype: jnp.dtype = jnp.float32) -> DecodeCache:
         """An empty decoder cache of `max_len` slots, with every layer's cross-attention
         keys and values computed from the encoder output now, once."""
         batch = encoder_output.encoded_BSD.shape[0]
-        if not 1 <= max_len <= self.config.max_seq_len:
-            raise ValueError(f"max_len must lie in [1, {self.config.max_seq_len}] (max_seq_len); "
-                             f"got {max_len}")
-        self_cache = init_kv_cache(num_layers=self.config.decoder_layers, batch_size=batch,
-                                   max_len=max_len, num_kv_heads=self.config.num_heads,
-                                   head_dim=self.config.block_config(cross_attention=True)
-                                   .head_size, dtype=dtype)
-        cross_kv = tuple(block.cross_attn.cross_kv(encoder_output.encoded_BSD)
-                         for block in self.decoder.blocks)
-        return DecodeCache(self_cache=self_cache, cross_kv=cross_kv,
-                           encoder_valid_BS=encoder_output.valid_BS)
+        context = self.encoder_context(encoder_output)
+        return DecodeCache(self_cache=self.init_self_cache(batch, max_len, dtype),
+                           cross_kv=context.cross_kv, encoder_valid_BS=context.encoder_valid_BS)
+
+    def decode_step(self, tokens_BT: jax.Array, cache: KVCache, positions_BT: jax.Array,
+                    context: EncoderContext) -> tuple[jax.Array, KVCache]:
+        """The `flaxzoo.decoding` step function over the decoder: `(logits [B, T, V],
+        self-attention cache)`.
+
+        `cache` is the decoder's self-attention cache (`init_self_cache`); `context`
+        holds the encoder's cross-attention keys and values (`encoder_context`), so
+        beam search tiles them once and never reorders them. A token at a negative
+        position is padding (`decoding.PAD_POSITION`), never attended to.
+        """
+        positions_BT = jnp.asarray(positions_BT)
+        full = DecodeCache(self_cache=cache, cross_kv=context.cross_kv,
+                           encoder_valid_BS=context.encoder_valid_BS)
+        logits_BTV, full = self.decode(tokens_BT, jnp.maximum(positions_BT, 0), cache=full,
+                                       valid_BT=positions_BT >= 0)
+        return logits_BTV, full.self_cache
 
     def decode(
         self,

@@ -1,8 +1,9 @@
 """The `flaxzoo` command line: `flaxzoo train`, `flaxzoo task` and `flaxzoo generate`.
 
 Flags map one to one onto library calls (`train.loop.RunConfig`/`train`,
-`train.tasks.TaskRunConfig`/`run_task` with a task, `train.generate.generate_text`). Bad input prints one line to stderr and exits
-with status 2, without a traceback.
+`train.tasks.TaskRunConfig`/`run_task` with a task, `train.generate.generate_text` with a
+`decoding.SamplingConfig` or `decoding.BeamSearchConfig`). Bad input prints one line to
+stderr and exits with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import sys
 from typing import Sequence
 
+from flaxzoo.decoding import LENGTH_NORMALIZATIONS
 from flaxzoo.models import PRESETS
 
 TASKS = ("mlm", "genre", "pronounce")
@@ -31,7 +33,9 @@ _FLAG_OF_ARGUMENT = {
     "seed": "--seed", "eval_every": "--eval-every", "checkpoint_every": "--checkpoint-every",
     "max_new_tokens": "--new-tokens", "temperature": "--temperature", "top_k": "--top-k",
     "vocab_size": "--vocab-size", "label_smoothing": "--label-smoothing",
-    "init_from": "--init-from",
+    "init_from": "--init-from", "top_p": "--top-p", "repetition_penalty": "--repetition-penalty",
+    "min_new_tokens": "--min-new-tokens", "beam_size": "--beams",
+    "length_penalty": "--length-penalty", "length_normalization": "--length-norm",
 }
 
 
@@ -45,6 +49,8 @@ def _in_flags(message: str) -> str:
     def flag(match: re.Match) -> str:
         return _FLAG_OF_ARGUMENT[match.group(1)]
 
+    # Config errors name the field as `SamplingConfig.top_p`: the flag stands alone.
+    message = re.sub(r"\b(?:SamplingConfig|BeamSearchConfig)\.", "", message)
     compound = [name for name in _FLAG_OF_ARGUMENT if "_" in name]
     message = re.sub(r"(?<![\w-])(" + "|".join(compound) + r")\b", flag, message)
     return re.sub(r"^(" + "|".join(_FLAG_OF_ARGUMENT) + r")\b(?= must)", flag, message)
@@ -101,12 +107,36 @@ def _build_parser() -> argparse.ArgumentParser:
     task.add_argument("--eval-every", type=int, default=0)
     task.add_argument("--overwrite", action="store_true", help="replace the run in --out")
 
-    gen = commands.add_parser("generate", help="continue a prompt with a trained model")
-    gen.add_argument("--checkpoint", required=True, help="a run directory (the --out of train)")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--new-tokens", type=int, default=200)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    gen.add_argument("--top-k", type=int, default=None)
+    gen = commands.add_parser(
+        "generate", help="continue a prompt (GPT) or pronounce a word (T5) with a trained model")
+    gen.add_argument("--checkpoint", required=True,
+                     help="a run directory: the --out of `flaxzoo train` (GPT) or of "
+                          "`flaxzoo task pronounce` (T5)")
+    gen.add_argument("--prompt", required=True, action="append",
+                     help="text to continue (GPT) or a word to pronounce (T5, lower-cased); "
+                          "repeat the flag to decode several as one padded batch")
+    gen.add_argument("--new-tokens", type=int, default=None,
+                     help="tokens to generate (default: 200, or what fits the context window, "
+                          "for a GPT; the model's length for a T5)")
+    gen.add_argument("--temperature", type=float, default=None,
+                     help="0 means greedy (default: 0.8 for a GPT, 0 for a T5)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
+    gen.add_argument("--top-p", type=float, default=None,
+                     help="nucleus sampling: the most likely tokens whose probability reaches p")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="> 1 discourages tokens already in the prompt or output (1: off)")
+    gen.add_argument("--min-new-tokens", type=int, default=0,
+                     help="no end-of-sequence before this many tokens (T5)")
+    gen.add_argument("--beams", type=int, default=None,
+                     help="beam search with this many beams instead of sampling")
+    gen.add_argument("--length-penalty", type=float, default=None,
+                     help="beam search: alpha of the length normalisation (default 1; 0 ranks "
+                          "by raw log-probability)")
+    gen.add_argument("--length-norm", choices=LENGTH_NORMALIZATIONS, default=None,
+                     help="beam search: power (length**alpha, default) or gnmt "
+                          "(((5 + length) / 6)**alpha)")
+    gen.add_argument("--n-best", type=int, default=None,
+                     help="beam search: how many hypotheses to print (default: all beams)")
     gen.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -154,13 +184,84 @@ def _task(args) -> None:
     print(json_line(run_task(task, run)))
 
 
+_SAMPLING_FLAGS = (("temperature", None), ("top_k", None), ("top_p", None),
+                   ("repetition_penalty", 1.0))
+_BEAM_FLAGS = (("length_penalty", None), ("length_norm", None), ("n_best", None))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _decode_config(args, loaded):
+    """The decoding config the flags ask for, with the checkpoint's special ids."""
+    from flaxzoo.decoding import BeamSearchConfig, SamplingConfig
+    from flaxzoo.train.generate import check_context_window
+
+    is_t5 = loaded.family == "t5"
+    window = loaded.config.max_seq_len
+    new_tokens = args.new_tokens
+    if new_tokens is None:  # what fits, up to 200 (a T5 decodes up to its length)
+        longest = max(len(p) for p in args.prompt)
+        new_tokens = window if is_t5 else max(1, min(200, window - longest + 1))
+    if args.min_new_tokens and loaded.eos_id is None:
+        raise _UsageError("flaxzoo: error: --min-new-tokens needs an end-of-sequence token, "
+                          "and this character model has none")
+    common = dict(max_new_tokens=new_tokens, min_new_tokens=args.min_new_tokens,
+                  eos_id=loaded.eos_id, pad_id=loaded.pad_id)
+    if args.beams is not None:
+        for name, default in _SAMPLING_FLAGS:
+            if getattr(args, name) != default:
+                raise _UsageError(f"flaxzoo: error: {_flag(name)} is for sampling; it does not "
+                                  f"apply with --beams")
+        if args.n_best is not None and not 1 <= args.n_best <= max(args.beams, 1):
+            raise _UsageError(f"flaxzoo: error: --n-best must lie in [1, --beams]; "
+                              f"got {args.n_best}")
+        config = BeamSearchConfig(
+            beam_size=args.beams,
+            length_penalty=1.0 if args.length_penalty is None else args.length_penalty,
+            length_normalization=args.length_norm or "power", **common)
+    else:
+        for name, default in _BEAM_FLAGS:
+            if getattr(args, name) != default:
+                raise _UsageError(f"flaxzoo: error: {_flag(name)} is for beam search; "
+                                  f"add --beams")
+        temperature = args.temperature
+        if temperature is None:
+            temperature = 0.0 if is_t5 else 0.8
+        config = SamplingConfig(temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+                                repetition_penalty=args.repetition_penalty, **common)
+    if not is_t5:
+        check_context_window(max(len(p) for p in args.prompt), new_tokens, window)
+    return config
+
+
 def _generate(args) -> None:
     from flaxzoo.train.generate import generate_text, load_model
 
-    model = load_model(args.checkpoint)
-    text = generate_text(model, args.prompt, max_new_tokens=args.new_tokens,
-                         temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    print(args.prompt + text)
+    loaded = load_model(args.checkpoint)
+    config = _decode_config(args, loaded)
+    prompts = [p.lower() for p in args.prompt] if loaded.family == "t5" else args.prompt
+    results = generate_text(loaded, prompts, config, seed=args.seed)
+    n_best = args.n_best
+    for i, (prompt, hypotheses) in enumerate(zip(prompts, results)):
+        if loaded.family == "t5":
+            if args.beams is None:
+                print(f"{prompt}\t{hypotheses[0].text}")
+                continue
+            print(prompt)
+            for rank, h in enumerate(hypotheses[:n_best], 1):
+                print(f"  {rank}. {h.text}\t(score {h.score:.4f}, log-prob {h.log_prob:.4f})")
+            continue
+        if len(prompts) > 1:
+            print(f"--- prompt {i + 1} of {len(prompts)} ---")
+        if args.beams is None:
+            print(prompt + hypotheses[0].text)
+            continue
+        for rank, h in enumerate(hypotheses[:n_best], 1):
+            print(f"--- beam {rank}: score {h.score:.4f}, log-prob {h.log_prob:.4f}, "
+                  f"{len(h.token_ids)} tokens ---")
+            print(prompt + h.text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

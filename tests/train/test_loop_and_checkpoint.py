@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from flaxzoo.decoding import BeamSearchConfig, SamplingConfig
 from flaxzoo.train import checkpoint as ckpt
 from flaxzoo.train.generate import generate_text, load_model
 from flaxzoo.train.loop import RunConfig, train
@@ -82,21 +83,53 @@ def test_run_config_validation(field, value):
         RunConfig(**{field: value})
 
 
+def _text(model, prompts, **settings):
+    config = SamplingConfig(**{"temperature": 0.0, **settings})
+    return [hyps[0].text for hyps in generate_text(model, prompts, config, seed=1)]
+
+
 def test_generate_from_checkpoint(straight_run):
     out, _ = straight_run
     model = load_model(out)
-    greedy = generate_text(model, "HAMLET:", max_new_tokens=9, temperature=0.0)
-    assert len(greedy) == 9 and greedy == generate_text(model, "HAMLET:", max_new_tokens=9,
-                                                        temperature=0.0)
-    a = generate_text(model, "HAMLET:", max_new_tokens=9, temperature=1.0, top_k=5, seed=1)
-    b = generate_text(model, "HAMLET:", max_new_tokens=9, temperature=1.0, top_k=5, seed=1)
-    assert a == b
-    assert set(a) <= set(model.tokenizer.chars)
+    assert model.family == "gpt" and model.eos_id is None
+    [greedy] = _text(model, ["HAMLET:"], max_new_tokens=9)
+    assert len(greedy) == 9 and [greedy] == _text(model, ["HAMLET:"], max_new_tokens=9)
+    a = _text(model, ["HAMLET:"], max_new_tokens=9, temperature=1.0, top_k=5)
+    assert a == _text(model, ["HAMLET:"], max_new_tokens=9, temperature=1.0, top_k=5)
+    assert set(a[0]) <= set(model.tokenizer.chars)
+    # A batch of prompts of different lengths: each row as if alone.
+    batch = _text(model, ["HAMLET:", "HAM:", "O"], max_new_tokens=6)
+    assert batch == [_text(model, [p], max_new_tokens=6)[0] for p in ["HAMLET:", "HAM:", "O"]]
     with pytest.raises(ValueError, match="prompt"):
-        generate_text(model, "HAMLET\u2603", max_new_tokens=3)
+        _text(model, ["HAMLET\u2603"], max_new_tokens=3)
     with pytest.raises(ValueError, match="context window of 16"):
-        generate_text(model, "HAMLET:", max_new_tokens=11)
-    generate_text(model, "HAMLET:", max_new_tokens=10)  # 7 + 10 - 1 = 16 slots: fits
+        _text(model, ["HAMLET:"], max_new_tokens=11)
+    _text(model, ["HAMLET:"], max_new_tokens=10)  # 7 + 10 - 1 = 16 slots: fits
+
+
+def test_beam_search_from_checkpoint_returns_scored_n_best(straight_run):
+    model = load_model(straight_run[0])
+    config = BeamSearchConfig(max_new_tokens=5, beam_size=3, pad_id=model.pad_id)
+    [hypotheses] = generate_text(model, ["HAMLET:"], config)
+    assert len(hypotheses) == 3 and len({h.text for h in hypotheses}) == 3
+    scores = [h.score for h in hypotheses]
+    assert scores == sorted(scores, reverse=True)
+    # No EOS in a character model: every hypothesis has 5 tokens; alpha 1 divides by 5.
+    for h in hypotheses:
+        assert len(h.text) == 5 and h.score == pytest.approx(h.log_prob / 5, rel=1e-6)
+    # The best beam scores at least as well as the greedy continuation.
+    [greedy] = _text(model, ["HAMLET:"], max_new_tokens=5)
+    assert hypotheses[0].text == greedy or hypotheses[0].score >= _greedy_log_prob(
+        model, "HAMLET:", greedy) / 5 - 1e-5
+
+
+def _greedy_log_prob(model, prompt, continuation):
+    """Summed log-probability of `continuation` after `prompt`, by one full forward pass."""
+    ids = np.concatenate([model.tokenizer.encode(prompt), model.tokenizer.encode(continuation)])
+    logits = model.model(ids[None], np.arange(len(ids))[None])[0][0]
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    n = len(prompt)
+    return float(sum(log_probs[n - 1 + i, ids[n + i]] for i in range(len(continuation))))
 
 
 def test_corrupt_and_missing_checkpoints_raise_clear_errors(straight_run, tmp_path):

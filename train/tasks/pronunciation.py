@@ -32,6 +32,7 @@ from flaxzoo.train.losses import token_cross_entropy
 _ENTRY = re.compile(r"^([a-z']+)(?:\(\d+\))? ([A-Z0-9 ]+?)(?:\s+#.*)?$")
 SPECIALS = ("<pad>", "</s>", "<unk>")
 PAD_ID, EOS_ID = 0, 1
+VOCABULARY_FORMAT = "flaxzoo.Seq2SeqVocabulary"
 SEQ2SEQ_PRESETS = {
     "tiny": dict(num_layers=1, num_heads=2, embed_dim=32, mlp_dim=64),
     "small": dict(num_layers=3, num_heads=4, embed_dim=128, mlp_dim=512),
@@ -87,7 +88,28 @@ class Seq2SeqVocabulary:
         return tuple(out)
 
     def to_json(self) -> str:
-        return json.dumps({"format": "flaxzoo.Seq2SeqVocabulary", "symbols": self.symbols})
+        return json.dumps({"format": VOCABULARY_FORMAT, "symbols": self.symbols})
+
+    @classmethod
+    def from_json(cls, text: str) -> Seq2SeqVocabulary:
+        """The inverse of `to_json`; ValueError for anything else."""
+        data = json.loads(text)
+        symbols = data.get("symbols") if isinstance(data, dict) else None
+        if (data.get("format") if isinstance(data, dict) else None) != VOCABULARY_FORMAT or (
+                not isinstance(symbols, list) or tuple(symbols[:len(SPECIALS)]) != SPECIALS):
+            raise ValueError(f'a Seq2SeqVocabulary JSON needs "format": "{VOCABULARY_FORMAT}" '
+                             f'and "symbols" starting with {list(SPECIALS)}')
+        return cls(tuple(symbols))
+
+    def encode_word(self, word: str) -> np.ndarray:
+        """int32 [len(word) + 1]: letter ids then </s>; ValueError naming an unknown letter."""
+        for i, letter in enumerate(word):
+            # Phonemes are upper case (ARPAbet), so an upper-case "B" is no letter.
+            if (letter not in self._ids or self._ids[letter] < len(SPECIALS)
+                    or letter.isupper()):
+                raise ValueError(f"prompt: character {letter!r} at index {i} is not among the "
+                                 f"letters the model was trained on")
+        return self.encode(word, len(word) + 1)
 
     @property
     def size(self) -> int:
@@ -180,13 +202,11 @@ class PronunciationTask:
     def generate(self, model: T5, inputs_BS: jax.Array) -> jax.Array:
         """Greedy phoneme ids [B, max_len] (through flaxzoo.decoding and the T5 cache)."""
         encoded = model.encode(inputs_BS, valid_BS=inputs_BS != PAD_ID)
-        cache = model.init_decode_cache(encoded, max_len=self.max_len)
-
-        def step_fn(tokens_BT, cache, positions_BT, context):
-            return model.decode(tokens_BT, positions_BT, cache=cache)
-
+        cache = model.init_self_cache(inputs_BS.shape[0], self.max_len)
         start_B1 = jnp.full((inputs_BS.shape[0], 1), PAD_ID, jnp.int32)
-        return greedy(step_fn, start_B1, cache, max_new_tokens=self.max_len)
+        return greedy(model.decode_step, start_B1, cache, max_new_tokens=self.max_len,
+                      eos_id=EOS_ID, pad_id=PAD_ID, context=model.encoder_context(encoded)
+                      ).tokens_BL
 
     def evaluate(self, model: T5) -> dict[str, float]:
         """Greedy word accuracy and phoneme error rate on the held-out subset."""
