@@ -209,9 +209,9 @@ class Attention(nnx.Module):
         return linear(x_BTD).reshape(B, T, heads, self.head_dim)
 
     def cross_kv(self, encoded_BSD: jax.Array) -> LayerKV:
-        """Keys and values of an encoder output, [B, S, K, H] each; computed once per input."""
-        return LayerKV(key_BSKH=self._heads(self.key, encoded_BSD, self.num_kv_heads),
-                       value_BSKH=self._heads(self.value, encoded_BSD, self.num_kv_heads))
+        """Keys and values of an encoder output (stored [B, K, S, H]); computed once per input."""
+        return LayerKV.from_BSKH(self._heads(self.key, encoded_BSD, self.num_kv_heads),
+                                 self._heads(self.value, encoded_BSD, self.num_kv_heads))
 
     def __call__(
         self,
@@ -250,6 +250,8 @@ class Attention(nnx.Module):
                 k_BSKH = apply_rope(k_BSKH, positions_BT, **rope)
             if cache is not None:
                 cache = write_kv(cache, cache_length, k_BSKH, v_BSKH)
+                # [B, S, K, H] views of the heads-major cache: the attention's own
+                # transpose to heads-major cancels them, so no copy of the cache is made.
                 k_BSKH, v_BSKH = cache.key_BSKH, cache.value_BSKH
         result = dot_product_attention(
             q_BTNH, k_BSKH, v_BSKH, mask=mask, bias=bias, scale=self.scale,
