@@ -167,7 +167,9 @@ def sample(
       config: a `SamplingConfig` (static: one program per config).
       rng: PRNG key; may be None only when `config.temperature == 0`.
       prompt_valid_BP: bool [B, P], False for padding (left padding is usual; any
-        layout works); default all True. Each row needs one real token.
+        layout works); default all True. Each row needs one real token: checked when
+        the mask is concrete; under your own jit a row without one is not detected
+        and generates from meaningless logits.
       context: any pytree handed unchanged to every step call.
 
     Returns:
