@@ -196,7 +196,6 @@ def _flag(name: str) -> str:
 def _decode_config(args, loaded):
     """The decoding config the flags ask for, with the checkpoint's special ids."""
     from flaxzoo.decoding import BeamSearchConfig, SamplingConfig
-    from flaxzoo.train.generate import check_context_window
 
     is_t5 = loaded.family == "t5"
     window = loaded.config.max_seq_len
@@ -231,8 +230,6 @@ def _decode_config(args, loaded):
             temperature = 0.0 if is_t5 else 0.8
         config = SamplingConfig(temperature=temperature, top_k=args.top_k, top_p=args.top_p,
                                 repetition_penalty=args.repetition_penalty, **common)
-    if not is_t5:
-        check_context_window(max(len(p) for p in args.prompt), new_tokens, window)
     return config
 
 
